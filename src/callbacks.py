@@ -1,0 +1,178 @@
+"""Training callbacks: progress lines, per-epoch summaries, metrics file, checkpoints, evaluation."""
+import json
+import math
+import os
+import time
+
+import numpy as np
+from mindspore.train.callback import Callback
+
+from src import checkpoint
+from src.errors import UserError
+
+
+class MetricsFile:
+    """Append-only JSON-lines file (one object per event); only rank 0 writes one."""
+
+    def __init__(self, path, enabled=True):
+        self.path = path
+        self.enabled = enabled
+
+    def write(self, **record):
+        if not self.enabled:
+            return
+        record.setdefault("time", round(time.time(), 3))
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _fmt_eta(seconds):
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+class TrainMonitor(Callback):
+    """Prints ``epoch/step, loss, lr, ms/step, img/s, ETA`` every ``log_interval`` steps and a summary per
+    epoch; records both in the metrics file. img/s counts images of all devices. A non-finite loss in a
+    step that was not a loss-scale overflow stops training with a message naming the step."""
+
+    def __init__(self, lr, steps_per_epoch, total_epochs, global_batch, log_interval, metrics, log=print,
+                 extra=None):
+        super().__init__()
+        self.lr = lr
+        self.spe = steps_per_epoch
+        self.total_epochs = total_epochs
+        self.global_batch = global_batch
+        self.log_interval = log_interval
+        self.metrics = metrics
+        self.log = log
+        self.extra = extra  # optional callable returning a dict of extra fields (e.g. THOR damping)
+        self.overflows = 0
+        self.history = []
+
+    def on_train_epoch_begin(self, run_context):
+        self.epoch_start = time.time()
+        self.window_start = time.time()
+        self.window_steps = 0
+        self.losses = []
+        self.epoch_overflows = 0
+
+    def on_train_step_end(self, run_context):
+        cb = run_context.original_args()
+        outputs = cb.net_outputs
+        loss = float(np.asarray(outputs[0].asnumpy() if hasattr(outputs[0], "asnumpy") else outputs[0]))
+        overflow = bool(outputs[1].asnumpy()) if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else False
+        step = cb.cur_step_num  # global, 1-based
+        epoch = cb.cur_epoch_num
+        step_in_epoch = (step - 1) % self.spe + 1
+        self.window_steps += 1
+        if overflow:
+            self.overflows += 1
+            self.epoch_overflows += 1
+        elif not math.isfinite(loss):
+            run_context.request_stop()
+            raise UserError(f"loss is {loss} at epoch {epoch} step {step_in_epoch} (global step {step}); "
+                            f"training stopped, the last checkpoint is kept (try a lower lr_max)")
+        else:
+            self.losses.append(loss)
+        if step_in_epoch % self.log_interval == 0 or step_in_epoch == self.spe:
+            now = time.time()
+            dt = (now - self.window_start) / max(self.window_steps, 1)
+            ips = self.global_batch / dt if dt > 0 else 0.0
+            lr = float(self.lr[min(step - 1, len(self.lr) - 1)])
+            remaining = (self.total_epochs * self.spe - step) * dt
+            extra = self.extra() if self.extra else {}
+            extra_txt = "".join(f" {k} {v:.5g}" if isinstance(v, float) else f" {k} {v}" for k, v in extra.items())
+            self.log(f"epoch {epoch}/{self.total_epochs} step {step_in_epoch}/{self.spe} loss {loss:.4f} "
+                     f"lr {lr:.6f}{extra_txt} {dt * 1000:.1f} ms/step {ips:.1f} img/s eta {_fmt_eta(remaining)}"
+                     + (" (overflow: step skipped)" if overflow else ""))
+            self.metrics.write(event="step", epoch=epoch, step=step, loss=loss, lr=lr, ms_per_step=dt * 1000,
+                               img_per_s=ips, overflow=overflow, **extra)
+            self.window_start = now
+            self.window_steps = 0
+
+    def on_train_epoch_end(self, run_context):
+        cb = run_context.original_args()
+        seconds = time.time() - self.epoch_start
+        mean_loss = float(np.mean(self.losses)) if self.losses else float("nan")
+        steps = len(self.losses) + self.epoch_overflows
+        ips = steps * self.global_batch / seconds if seconds > 0 else 0.0
+        record = {"epoch": cb.cur_epoch_num, "step": cb.cur_step_num, "loss": mean_loss,
+                  "seconds": seconds, "img_per_s": ips, "overflow_steps": self.epoch_overflows}
+        self.history.append(record)
+        self.log(f"epoch {cb.cur_epoch_num} done: mean loss {mean_loss:.4f}, {seconds:.1f} s, {ips:.1f} img/s"
+                 + (f", {self.epoch_overflows} overflow steps skipped" if self.epoch_overflows else ""))
+        self.metrics.write(event="epoch", **record)
+
+
+class CheckpointSaver(Callback):
+    """Every ``every`` epochs and after the last one: ``<prefix>-<epoch>_<step>.ckpt`` written atomically,
+    keeping the newest ``keep_max``."""
+
+    def __init__(self, cell, folder, prefix, every, keep_max, total_epochs, cfg, log=print):
+        super().__init__()
+        self.cell = cell
+        self.folder = folder
+        self.prefix = prefix
+        self.every = every
+        self.keep_max = keep_max
+        self.total_epochs = total_epochs
+        self.cfg = cfg
+        self.log = log
+        self.last = None
+
+    def on_train_epoch_end(self, run_context):
+        cb = run_context.original_args()
+        epoch = cb.cur_epoch_num
+        if epoch % self.every and epoch != self.total_epochs:
+            return
+        path = os.path.join(self.folder, f"{self.prefix}-{epoch}_{cb.cur_step_num}.ckpt")
+        checkpoint.save(self.cell, path, epoch, cb.cur_step_num, self.cfg)
+        self.last = path
+        self.log(f"saved checkpoint {path}")
+        old = checkpoint.list_checkpoints(self.folder, self.prefix)
+        for stale in old[:-self.keep_max] if len(old) > self.keep_max else []:
+            os.remove(stale)
+
+
+class EvalCallback(Callback):
+    """Every ``interval`` epochs and after the last one: top-1/top-5 on the validation set, logged and
+    recorded; the best top-1 so far is saved as ``<prefix>-best.ckpt``."""
+
+    def __init__(self, eval_fn, interval, total_epochs, cell, folder, prefix, cfg, metrics, log=print,
+                 save_best=True):
+        super().__init__()
+        self.eval_fn = eval_fn
+        self.interval = interval
+        self.total_epochs = total_epochs
+        self.cell = cell
+        self.folder = folder
+        self.prefix = prefix
+        self.cfg = cfg
+        self.metrics = metrics
+        self.log = log
+        self.save_best = save_best
+        self.best = None
+        self.results = []
+
+    def on_train_epoch_end(self, run_context):
+        cb = run_context.original_args()
+        epoch = cb.cur_epoch_num
+        if epoch % self.interval and epoch != self.total_epochs:
+            return
+        res = self.eval_fn()
+        res["epoch"] = epoch
+        self.results.append(res)
+        improved = self.best is None or res["top1"] > self.best["top1"]
+        if improved:
+            self.best = res
+        self.log(f"eval epoch {epoch}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} loss {res['loss']:.4f} "
+                 f"({res['images']} images, {res['seconds']:.1f} s)"
+                 + (" best" if improved else f" (best {self.best['top1']:.4f} at epoch {self.best['epoch']})"))
+        self.metrics.write(event="eval", epoch=epoch, step=cb.cur_step_num, top1=res["top1"], top5=res["top5"],
+                           loss=res["loss"], images=res["images"], best=improved)
+        if improved and self.save_best:
+            path = os.path.join(self.folder, f"{self.prefix}-best.ckpt")
+            checkpoint.save(self.cell, path, epoch, cb.cur_step_num, self.cfg)

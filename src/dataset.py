@@ -1,0 +1,150 @@
+"""Input pipelines: ImageNet-layout folders (``DIR/<class>/*.JPEG``) and a synthetic, learnable source.
+
+Train: RandomCropDecodeResize(size, scale 0.08-1, ratio 3/4-4/3) -> RandomHorizontalFlip -> Normalize
+(ImageNet mean/std) -> HWC2CHW, batches of ``batch_size`` with the remainder dropped.
+Eval: Decode -> Resize(size / crop_ratio) -> CenterCrop(size) -> Normalize -> HWC2CHW; the last
+partial batch is kept, so every image of the split is scored.
+Data parallel: each rank reads the 1/group_size shard ``rank`` of the files.
+"""
+import os
+
+import numpy as np
+import mindspore as ms
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as T
+import mindspore.dataset.vision as V
+
+from src.errors import UserError
+
+IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
+
+
+def scan_image_folder(path):
+    """Check an ImageNet-layout folder and return ``(class_names, images_per_class)``.
+
+    Raises a UserError naming the folder when it is missing, has no class folders, or a class folder
+    holds no image file (an empty class would silently shift every later label).
+    """
+    if not path or not os.path.exists(path):
+        raise UserError(f"data folder not found: {path}")
+    if not os.path.isdir(path):
+        raise UserError(f"data path is not a folder: {path}")
+    classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
+    if not classes:
+        raise UserError(f"{path}: no class folders (expected {path}/<class>/<image>.JPEG)")
+    counts = []
+    for name in classes:
+        folder = os.path.join(path, name)
+        n = sum(1 for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if n == 0:
+            raise UserError(f"{folder}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        counts.append(n)
+    return classes, counts
+
+
+def _extensions():
+    return [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
+
+
+def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1,
+                          crop_ratio=0.875, drop_remainder=None, shuffle=None):
+    """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names)."""
+    classes, _ = scan_image_folder(path)
+    shuffle = train if shuffle is None else shuffle
+    drop_remainder = train if drop_remainder is None else drop_remainder
+    shard = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
+    data = ds.ImageFolderDataset(path, num_parallel_workers=num_workers, shuffle=shuffle,
+                                 extensions=_extensions(), class_indexing={c: i for i, c in enumerate(classes)},
+                                 **shard)
+    if train:
+        ops = [V.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333333)),
+               V.RandomHorizontalFlip(prob=0.5)]
+    else:
+        resize = int(round(image_size / crop_ratio))
+        ops = [V.Decode(), V.Resize(resize), V.CenterCrop(image_size)]
+    ops += [V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
+    data = data.map(operations=ops, input_columns="image", num_parallel_workers=num_workers)
+    data = data.map(operations=T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=num_workers)
+    data = data.batch(batch_size, drop_remainder=drop_remainder)
+    return data, classes
+
+
+class SyntheticImages:
+    """Deterministic, learnable images: class ``c`` is a fixed low-resolution colour pattern, upsampled
+    to ``image_size``, plus Gaussian noise. Item ``i`` has label ``i % class_num`` and depends only on
+    ``(seed, split, i)``, so every run and every rank sees the same data; the train (split 0) and eval
+    (split 1) sets share the class patterns and differ in noise. Images are already normalised, CHW."""
+
+    def __init__(self, num_images, class_num, image_size, seed=0, split=0, noise=1.0, grid=4):
+        self.num_images = num_images
+        self.class_num = class_num
+        self.image_size = image_size
+        self.seed = seed
+        self.split = split
+        self.noise = noise
+        rng = np.random.default_rng(seed)
+        self.prototypes = rng.standard_normal((class_num, 3, grid, grid)).astype(np.float32)
+        self.index = (np.arange(image_size) * grid) // image_size
+
+    def __len__(self):
+        return self.num_images
+
+    def __getitem__(self, i):
+        label = int(i) % self.class_num
+        proto = self.prototypes[label][:, self.index][:, :, self.index]
+        rng = np.random.default_rng((self.seed, self.split, int(i)))
+        image = proto + self.noise * rng.standard_normal(proto.shape, dtype=np.float32)
+        # 0-d arrays, not NumPy scalars: GeneratorDataset rejects np.int32 scalars under NumPy 2.
+        return image.astype(np.float32), np.array(label, dtype=np.int32)
+
+
+def create_synthetic_dataset(num_images, class_num, image_size, batch_size, train, seed=0, rank=0,
+                             group_size=1, drop_remainder=None):
+    """Synthetic train or eval pipeline; eval uses a disjoint range of items (other noise)."""
+    source = SyntheticImages(num_images, class_num, image_size, seed=seed, split=0 if train else 1)
+    shard = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
+    data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=train,
+                               python_multiprocessing=False, **shard)
+    drop_remainder = train if drop_remainder is None else drop_remainder
+    data = data.batch(batch_size, drop_remainder=drop_remainder)
+    return data, [f"class_{i}" for i in range(class_num)]
+
+
+def resolve_eval_path(cfg):
+    """The validation folder: ``eval_dataset_path``, else a ``val`` folder beside ``data_path``, else None."""
+    if cfg.eval_dataset_path:
+        return cfg.eval_dataset_path
+    if cfg.data_path:
+        sibling = os.path.join(os.path.dirname(os.path.abspath(cfg.data_path)), "val")
+        if os.path.isdir(sibling):
+            return sibling
+    return None
+
+
+def dataset_from_config(cfg, train, rank=0, group_size=1, path=None):
+    """Factory used by train.py and eval.py. ``path`` overrides the folder; None means synthetic data
+    when the config has no data path. Returns (dataset, class_names)."""
+    batch = cfg.batch_size if train or not cfg.eval_batch_size else cfg.eval_batch_size
+    if path is None:
+        path = cfg.data_path if train else resolve_eval_path(cfg)
+    if path is None:
+        if cfg.data_path and not train:
+            raise UserError("no validation folder: set eval_dataset_path (no 'val' folder beside data_path)")
+        n = cfg.synthetic_train_images if train else cfg.synthetic_eval_images
+        size = cfg.train_image_size if train else cfg.eval_image_size
+        data, classes = create_synthetic_dataset(n, cfg.class_num, size, batch, train, seed=cfg.seed,
+                                                 rank=rank, group_size=group_size)
+    else:
+        size = cfg.train_image_size if train else cfg.eval_image_size
+        data, classes = create_folder_dataset(path, train, size, batch, cfg.num_parallel_workers, rank,
+                                              group_size, cfg.eval_crop_ratio)
+        if len(classes) != cfg.class_num:
+            raise UserError(f"{path}: {len(classes)} class folders, but class_num is {cfg.class_num}")
+    if train and cfg.max_steps_per_epoch and data.get_dataset_size() > cfg.max_steps_per_epoch:
+        data = data.take(cfg.max_steps_per_epoch)
+    if data.get_dataset_size() == 0:
+        where = path or "synthetic data"
+        raise UserError(f"{where}: fewer images than one batch of {batch} per device; lower batch_size")
+    return data, classes

@@ -1,0 +1,50 @@
+"""Top-1/top-5 evaluation that counts every image of the split exactly once."""
+import time
+
+import numpy as np
+import mindspore as ms
+from mindspore import nn, ops
+
+
+class LogitsCell(nn.Cell):
+    """Inference wrapper: the network's logits in float32."""
+
+    def __init__(self, network):
+        super().__init__(auto_prefix=False)
+        self.network = network
+
+    def construct(self, image):
+        return ops.cast(self.network(image), ms.float32)
+
+
+def topk_correct(logits, labels, k):
+    """Number of rows whose label is among the k largest logits."""
+    k = min(k, logits.shape[1])
+    top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+    return int((top == labels[:, None]).any(axis=1).sum())
+
+
+def evaluate(eval_cell, dataset, network=None):
+    """Run ``eval_cell`` (a LogitsCell) over ``dataset`` and return
+    ``{"top1", "top5", "images", "loss", "seconds"}``. Puts ``network`` (the cell's network) in eval mode
+    for the pass and back in train mode afterwards when it was training."""
+    target = network if network is not None else eval_cell
+    was_training = target.training
+    eval_cell.set_train(False)
+    start = time.time()
+    n = c1 = c5 = 0
+    loss_sum = 0.0
+    for batch in dataset.create_tuple_iterator(num_epochs=1, output_numpy=True):
+        image, label = batch[0], batch[1].astype(np.int64)
+        logits = eval_cell(ms.Tensor(image)).asnumpy().astype(np.float64)
+        n += label.shape[0]
+        c1 += topk_correct(logits, label, 1)
+        c5 += topk_correct(logits, label, 5)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss_sum += float(-logp[np.arange(label.shape[0]), label].sum())
+    if was_training:
+        target.set_train(True)
+    return {"top1": c1 / n if n else 0.0, "top5": c5 / n if n else 0.0, "images": n,
+            "correct_top1": c1, "correct_top5": c5,
+            "loss": loss_sum / n if n else 0.0, "seconds": time.time() - start}

@@ -1,0 +1,31 @@
+"""Console + file logging; every rank keeps its own log file, rank 0 alone writes to the console
+unless ``all_ranks``."""
+import os
+import sys
+import time
+
+
+class Logger:
+    def __init__(self, folder=None, rank=0, group_size=1, name="train", all_ranks=False):
+        self.rank = rank
+        self.prefix = f"[rank {rank}] " if group_size > 1 else ""
+        self.console = rank == 0 or all_ranks
+        self.path = None
+        if folder:
+            suffix = f"_rank{rank}" if group_size > 1 else ""
+            self.path = os.path.join(folder, f"{name}{suffix}.log")
+
+    def __call__(self, message):
+        line = f"{self.prefix}{message}"
+        if self.console:
+            print(line, flush=True)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+
+    def warning(self, message):
+        if self.console:
+            print(f"{self.prefix}warning: {message}", file=sys.stderr, flush=True)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + f"{self.prefix}warning: {message}\n")

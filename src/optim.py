@@ -1,0 +1,71 @@
+"""Loss, optimizer and training-cell factories shared by train.py and the benchmarks.
+
+Loss scaling changes nothing but the float16 range: the loss is multiplied by ``loss_scale`` before
+back-propagation and the gradients are divided by it before the optimizer (src/train_step.py), so the
+optimizer itself is built with ``loss_scale=1``. A step whose gradients are not finite is skipped (and,
+in ``dynamic`` mode, the scale is halved).
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+from src.errors import UserError
+from src.train_step import TrainStep
+
+
+def create_loss(cfg):
+    """Cross entropy, label-smoothed by ``label_smooth_factor`` when ``use_label_smooth``."""
+    smooth = cfg.label_smooth_factor if cfg.use_label_smooth else 0.0
+    return nn.CrossEntropyLoss(label_smoothing=smooth, reduction="mean")
+
+
+def is_no_decay(name):
+    """BN gamma/beta and biases take no weight decay (unless ``decay_bn_bias``)."""
+    return name.endswith(("gamma", "beta", "bias"))
+
+
+def param_groups(network, weight_decay, decay_bn_bias=False):
+    params = network.trainable_params()
+    if decay_bn_bias:
+        return [{"params": params, "weight_decay": weight_decay}, {"order_params": params}]
+    decay = [p for p in params if not is_no_decay(p.name)]
+    no_decay = [p for p in params if is_no_decay(p.name)]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+            {"order_params": params}]
+
+
+def create_optimizer(cfg, network, lr):
+    """Momentum (or THOR) over ``network``'s trainable parameters with the per-step ``lr`` array."""
+    lr = ms.Tensor(lr, ms.float32)
+    if cfg.optimizer == "Momentum":
+        return nn.Momentum(param_groups(network, cfg.weight_decay, cfg.decay_bn_bias), learning_rate=lr,
+                           momentum=cfg.momentum, loss_scale=1.0)
+    raise UserError(f"config key 'optimizer': {cfg.optimizer!r} is not available yet")
+
+
+class NetWithLoss(nn.Cell):
+    """network + loss; logits are cast to float32 so the loss is computed in float32 under AMP."""
+
+    def __init__(self, network, loss_fn):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.loss_fn = loss_fn
+
+    def construct(self, image, label):
+        logits = self.network(image)
+        return self.loss_fn(ops.cast(logits, ms.float32), label)
+
+
+def apply_amp(network, amp_level):
+    """Cast the network for mixed precision (O1/O2/O3); O2 keeps BatchNorm in float32."""
+    if amp_level != "O0":
+        network = ms.amp.auto_mixed_precision(network, amp_level)
+    return network
+
+
+def create_train_cell(cfg, net_with_loss, optimizer):
+    """The training cell (see src/train_step.py). Outputs ``(loss, overflow, loss_scale)``."""
+    cell = TrainStep(net_with_loss, optimizer, loss_scale=cfg.loss_scale,
+                     dynamic=cfg.loss_scale_mode == "dynamic", window=cfg.loss_scale_window)
+    cell.set_train()
+    return cell

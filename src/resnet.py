@@ -1,0 +1,135 @@
+"""ResNet v1.5 (He et al. 2016, with the stride on the 3x3 convolution of the bottleneck).
+
+Parameter names follow the MindSpore model zoo ResNet (``conv1``, ``bn1``, ``layer1.0.conv1``,
+``layer1.0.down_sample_layer.0``, ``end_point``) so zoo checkpoints and habits carry over.
+Padding is symmetric (7x7 stem pad 3, 3x3 pad 1, max-pool 3x3/2 pad 1), BatchNorm eps is 1e-5, the head
+is a global average pool and a Dense layer with bias. ``resnet50(1000)`` has 25,557,032 trainable
+parameters, like torchvision's resnet50.
+
+``base_width`` scales every stage (64 is the standard network); tests use tiny widths.
+"""
+import math
+
+from mindspore import nn, ops
+from mindspore.common.initializer import HeNormal, HeUniform, Uniform
+
+from src.errors import UserError
+
+
+def _conv(in_ch, out_ch, kernel, stride=1):
+    return nn.Conv2d(in_ch, out_ch, kernel_size=kernel, stride=stride, pad_mode="pad",
+                     padding=kernel // 2, has_bias=False,
+                     weight_init=HeNormal(mode="fan_out", nonlinearity="relu"))
+
+
+def _bn(channels, zero_gamma=False):
+    return nn.BatchNorm2d(channels, eps=1e-5, momentum=0.9,
+                          gamma_init="zeros" if zero_gamma else "ones")
+
+
+class BasicBlock(nn.Cell):
+    """Two 3x3 convolutions (ResNet-18/34)."""
+    expansion = 1
+
+    def __init__(self, in_channel, channel, stride=1, zero_init_residual=False):
+        super().__init__()
+        out_channel = channel * self.expansion
+        self.conv1 = _conv(in_channel, channel, 3, stride)
+        self.bn1 = _bn(channel)
+        self.conv2 = _conv(channel, out_channel, 3)
+        self.bn2 = _bn(out_channel, zero_init_residual)
+        self.relu = nn.ReLU()
+        self.down_sample = stride != 1 or in_channel != out_channel
+        if self.down_sample:
+            self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride), _bn(out_channel)])
+
+    def construct(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.down_sample:
+            identity = self.down_sample_layer(identity)
+        return self.relu(out + identity)
+
+
+class Bottleneck(nn.Cell):
+    """1x1 -> 3x3 (carries the stride: v1.5) -> 1x1, expansion 4 (ResNet-50/101)."""
+    expansion = 4
+
+    def __init__(self, in_channel, channel, stride=1, zero_init_residual=False):
+        super().__init__()
+        out_channel = channel * self.expansion
+        self.conv1 = _conv(in_channel, channel, 1)
+        self.bn1 = _bn(channel)
+        self.conv2 = _conv(channel, channel, 3, stride)
+        self.bn2 = _bn(channel)
+        self.conv3 = _conv(channel, out_channel, 1)
+        self.bn3 = _bn(out_channel, zero_init_residual)
+        self.relu = nn.ReLU()
+        self.down_sample = stride != 1 or in_channel != out_channel
+        if self.down_sample:
+            self.down_sample_layer = nn.SequentialCell([_conv(in_channel, out_channel, 1, stride), _bn(out_channel)])
+
+    def construct(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.down_sample:
+            identity = self.down_sample_layer(identity)
+        return self.relu(out + identity)
+
+
+class ResNet(nn.Cell):
+    """ResNet backbone and classifier. Input NCHW float32, output logits (N, class_num)."""
+
+    def __init__(self, block, layer_nums, class_num=1000, base_width=64, zero_init_residual=False):
+        super().__init__()
+        widths = [base_width, base_width * 2, base_width * 4, base_width * 8]
+        self.conv1 = _conv(3, base_width, 7, stride=2)
+        self.bn1 = _bn(base_width)
+        self.relu = nn.ReLU()
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+        in_channel = base_width
+        stages = []
+        for i, (width, num) in enumerate(zip(widths, layer_nums)):
+            blocks = []
+            for j in range(num):
+                stride = 2 if (i > 0 and j == 0) else 1
+                blocks.append(block(in_channel, width, stride, zero_init_residual))
+                in_channel = width * block.expansion
+            stages.append(nn.SequentialCell(blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.num_features = in_channel
+        # torchvision-style default Dense init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
+        bound = 1.0 / math.sqrt(in_channel)
+        self.end_point = nn.Dense(in_channel, class_num, has_bias=True,
+                                  weight_init=HeUniform(negative_slope=math.sqrt(5)),
+                                  bias_init=Uniform(scale=1.0 / math.sqrt(in_channel)))
+
+    def construct(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        x = ops.mean(x, (2, 3), keep_dims=False)
+        return self.end_point(x)
+
+
+_ARCHS = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2)),
+    "resnet34": (BasicBlock, (3, 4, 6, 3)),
+    "resnet50": (Bottleneck, (3, 4, 6, 3)),
+    "resnet101": (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+def create_network(net_name="resnet50", class_num=1000, base_width=64, zero_init_residual=False):
+    """Factory used by train.py, eval.py and export.py."""
+    if net_name not in _ARCHS:
+        raise UserError(f"unknown net_name {net_name!r}; expected one of {', '.join(_ARCHS)}")
+    block, layers = _ARCHS[net_name]
+    return ResNet(block, layers, class_num=class_num, base_width=base_width,
+                  zero_init_residual=zero_init_residual)
+
+
+def network_from_config(cfg):
+    return create_network(cfg.net_name, cfg.class_num, cfg.base_width, cfg.zero_init_residual)

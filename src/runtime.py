@@ -1,0 +1,45 @@
+"""Device, execution mode, seeds and (for data parallel) communication setup."""
+import os
+import random
+
+import numpy as np
+import mindspore as ms
+import mindspore.dataset as ds
+
+from src.errors import UserError
+
+
+def setup(cfg):
+    """Configure MindSpore for ``cfg`` and return ``(rank, group_size)``.
+
+    With ``run_distribute`` the process must have been started by a launcher (msrun, or a rank table on
+    Ascend); communication is initialised and DATA_PARALLEL with gradient mean is set.
+    """
+    try:
+        ms.set_device(cfg.device_target)
+    except Exception as exc:  # a backend that this MindSpore build does not have
+        raise UserError(f"config key 'device_target': {cfg.device_target} is not usable here ({exc})") from None
+    ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "GRAPH" else ms.PYNATIVE_MODE)
+    seed_everything(cfg.seed)
+    if not cfg.run_distribute:
+        return 0, 1
+    from mindspore.communication import get_group_size, get_rank, init
+    try:
+        init()
+    except Exception as exc:
+        raise UserError(f"run_distribute: communication could not be initialised ({str(exc).splitlines()[0]}); "
+                        "start the job with scripts/run_distribute_train*.sh or msrun") from None
+    rank, group = get_rank(), get_group_size()
+    if cfg.device_num not in (1, group):
+        raise UserError(f"config key 'device_num' is {cfg.device_num} but the launcher started {group} processes")
+    ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
+                                 device_num=group)
+    return rank, group
+
+
+def seed_everything(seed):
+    ms.set_seed(seed)
+    ds.config.set_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))

@@ -1,0 +1,86 @@
+"""Learning-rate and damping schedules: pure functions returning one float32 value per training step.
+
+Step ``i`` runs from 0 to ``total_steps - 1``. Resuming at global step ``k`` uses ``schedule[k:]``;
+the optimizer indexes the full array with its own step counter, which a checkpoint restores.
+"""
+import math
+
+import numpy as np
+
+
+def warmup_lr(lr_init, lr_max, lr_end, warmup_epochs, total_epochs, steps_per_epoch, mode="linear"):
+    """Linear warm-up from ``lr_init`` to ``lr_max`` over ``warmup_epochs``, then a decay to ``lr_end``.
+
+    With W = warmup steps and T = total steps, for step i:
+      i < W:        lr_init + (lr_max - lr_init) * i / W
+      then, with p = (i - W) / (T - W) in [0, 1):
+        linear:   lr_max - (lr_max - lr_end) * p
+        cosine:   lr_end + (lr_max - lr_end) * (1 + cos(pi * p)) / 2
+        poly:     lr_end + (lr_max - lr_end) * (1 - p) ** 2
+        steps:    lr_max * 0.1 ** k, k = number of the points 0.3T, 0.6T, 0.8T that i has reached
+        constant: lr_max
+    """
+    total = int(total_epochs * steps_per_epoch)
+    warm = int(warmup_epochs * steps_per_epoch)
+    lrs = np.empty(total, dtype=np.float64)
+    for i in range(total):
+        if i < warm:
+            lrs[i] = lr_init + (lr_max - lr_init) * i / warm
+            continue
+        p = (i - warm) / max(total - warm, 1)
+        if mode == "linear":
+            lrs[i] = lr_max - (lr_max - lr_end) * p
+        elif mode == "cosine":
+            lrs[i] = lr_end + (lr_max - lr_end) * (1.0 + math.cos(math.pi * p)) / 2.0
+        elif mode == "poly":
+            lrs[i] = lr_end + (lr_max - lr_end) * (1.0 - p) ** 2
+        elif mode == "steps":
+            k = sum(i >= int(f * total) for f in (0.3, 0.6, 0.8))
+            lrs[i] = lr_max * 0.1 ** k
+        elif mode == "constant":
+            lrs[i] = lr_max
+        else:
+            raise ValueError(f"unknown lr mode {mode!r}")
+    return lrs.astype(np.float32)
+
+
+def thor_lr(lr_init, lr_decay, lr_end_epoch, decay_epochs, total_epochs, steps_per_epoch):
+    """The model zoo's THOR learning rate, per step i with e = (i + 1) / steps_per_epoch:
+
+      lr_i = lr_init * (1 - e / lr_end_epoch) ** lr_decay,
+      halved when e >= decay_epochs, and halved again when e >= decay_epochs + 1.
+    """
+    total = int(total_epochs * steps_per_epoch)
+    lrs = np.empty(total, dtype=np.float64)
+    for i in range(total):
+        e = (i + 1) / steps_per_epoch
+        lr = lr_init * max(1.0 - e / lr_end_epoch, 0.0) ** lr_decay
+        if e >= decay_epochs:
+            lr *= 0.5
+        if e >= decay_epochs + 1:
+            lr *= 0.5
+        lrs[i] = lr
+    return lrs.astype(np.float32)
+
+
+def thor_damping(damping_init, damping_decay, total_epochs, steps_per_epoch, horizon_epochs=None):
+    """THOR damping per step i with e = (i + 1) / steps_per_epoch:
+
+      damping_i = damping_init * damping_decay ** (min(e, horizon_epochs) / 10)
+
+    ``horizon_epochs`` (the zoo's hard-coded 70) caps e: past it the damping stays constant.
+    """
+    total = int(total_epochs * steps_per_epoch)
+    e = (np.arange(total, dtype=np.float64) + 1.0) / steps_per_epoch
+    if horizon_epochs is not None:
+        e = np.minimum(e, horizon_epochs)
+    return (damping_init * damping_decay ** (e / 10.0)).astype(np.float32)
+
+
+def lr_from_config(cfg, steps_per_epoch):
+    """Per-step learning rates for ``cfg.epoch_size`` epochs of ``steps_per_epoch`` steps."""
+    if cfg.lr_decay_mode == "thor":
+        return thor_lr(cfg.lr_init, cfg.lr_decay, cfg.lr_end_epoch, cfg.decay_epochs,
+                       cfg.epoch_size, steps_per_epoch)
+    return warmup_lr(cfg.lr_init, cfg.lr_max, cfg.lr_end, cfg.warmup_epochs, cfg.epoch_size,
+                     steps_per_epoch, cfg.lr_decay_mode)

@@ -1,0 +1,77 @@
+"""One training step with loss scaling, written from portable ops so it runs on CPU, GPU and Ascend.
+
+MindSpore's ``TrainOneStepWithLossScaleCell`` selects Ascend-only overflow ops (NPUGetFloatStatusV2) on
+CPU, so the step is ours:
+
+    loss = L(x, y)                        (mean over the batch)
+    grads = d(S * loss) / dw               S = loss scale, applied through the backward "sens"
+    grads = all_reduce_mean(grads)         data parallel only
+    grads = grads / S                      loss scaling changes nothing but the float16 range
+    finite = all(isfinite(grads))
+    if finite: optimizer(grads)            a non-finite step is skipped and reported as overflow
+    dynamic mode: S /= 2 on overflow (not below 1); S *= 2 after ``window`` finite steps in a row
+
+Outputs ``(loss, overflow, S)``.
+"""
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.context import ParallelMode
+from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
+
+_unscale = ops.MultitypeFuncGraph("_unscale")
+_finite = ops.MultitypeFuncGraph("_finite")
+
+
+@_unscale.register("Tensor", "Tensor")
+def _unscale_tensor(scale, grad):
+    return grad * ops.cast(ops.reciprocal(scale), grad.dtype)
+
+
+@_finite.register("Tensor")
+def _finite_tensor(grad):
+    return ops.isfinite(grad).all()
+
+
+class TrainStep(nn.Cell):
+    """Forward, scaled backward, all-reduce, unscale, overflow check, optimizer step."""
+
+    def __init__(self, net_with_loss, optimizer, loss_scale=1.0, dynamic=False, window=2000):
+        super().__init__(auto_prefix=False)
+        self.network = net_with_loss
+        self.network.set_grad()
+        self.optimizer = optimizer
+        self.weights = optimizer.parameters
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+        self.hyper_map = ops.HyperMap()
+        self.loss_scale = Parameter(Tensor(float(loss_scale), ms.float32), name="loss_scale", requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+        self.dynamic = dynamic
+        self.window = window
+        self.reducer = None
+        if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
+            self.reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), _get_device_num())
+
+    def construct(self, image, label):
+        loss = self.network(image, label)
+        scale = self.loss_scale
+        sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
+        grads = self.grad(self.network, self.weights)(image, label, sens)
+        if self.reducer is not None:
+            grads = self.reducer(grads)
+        grads = self.hyper_map(ops.partial(_unscale, scale), grads)
+        finite = ops.stack(self.hyper_map(_finite, grads)).all()
+        overflow = ops.logical_not(finite)
+        if self.dynamic:
+            loss = ops.depend(loss, self._update_scale(overflow))
+        if finite:
+            loss = ops.depend(loss, self.optimizer(grads))
+        return loss, overflow, scale
+
+    def _update_scale(self, overflow):
+        good = self.good_steps + 1
+        grow = ops.logical_and(ops.logical_not(overflow), good >= self.window)
+        scale = self.loss_scale
+        new_scale = ops.select(overflow, ops.maximum(scale / 2.0, ops.ones_like(scale)),
+                               ops.select(grow, scale * 2.0, scale))
+        new_good = ops.select(ops.logical_or(overflow, grow), ops.zeros_like(good), good)
+        return ops.depend(ops.assign(self.loss_scale, new_scale), ops.assign(self.good_steps, new_good))

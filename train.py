@@ -1,0 +1,120 @@
+"""Train ResNet on ImageNet-layout folders (or synthetic data) with Momentum or THOR.
+
+    python train.py --config_path config/resnet50_cpu_smoke.yaml
+    python train.py --data_path /data/imagenet/train --eval_dataset_path /data/imagenet/val --run_eval true
+
+Every key of default_config.yaml can be given as ``--key value``; ``python train.py --help`` lists them.
+"""
+import json
+import os
+import sys
+
+from mindspore import Model
+
+from src import checkpoint, runtime
+from src.callbacks import CheckpointSaver, EvalCallback, MetricsFile, TrainMonitor
+from src.config import parse_args, save_config
+from src.dataset import dataset_from_config
+from src.errors import UserError, cli_main
+from src.evaluate import LogitsCell, evaluate
+from src.logger import Logger
+from src.optim import NetWithLoss, apply_amp, create_loss, create_optimizer, create_train_cell
+from src.resnet import network_from_config
+from src.schedules import lr_from_config
+
+
+def prepare_output(cfg, rank):
+    """Create ``output_dir``, check it is writable, refuse to mix with another run's checkpoints."""
+    out = os.path.abspath(cfg.output_dir)
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"output_dir {out} is not writable ({exc.strerror})") from None
+    if rank == 0 and not cfg.resume_ckpt and checkpoint.list_checkpoints(out, cfg.net_name):
+        raise UserError(f"output_dir {out} already holds checkpoints of an earlier run; resume with "
+                        f"--resume_ckpt FILE or choose another --output_dir")
+    return out
+
+
+@cli_main
+def main(argv=None):
+    cfg = parse_args(argv)
+    rank, group = runtime.setup(cfg)
+    out = prepare_output(cfg, rank)
+    log = Logger(out, rank, group, "train")
+    if rank == 0:
+        save_config(cfg, os.path.join(out, "config.yaml"))
+
+    train_ds, classes = dataset_from_config(cfg, train=True, rank=rank, group_size=group)
+    steps_per_epoch = train_ds.get_dataset_size()
+    eval_ds = dataset_from_config(cfg, train=False, rank=0, group_size=1)[0] if cfg.run_eval else None
+    if rank == 0:
+        with open(os.path.join(out, "class_indexing.json"), "w", encoding="utf-8") as f:
+            json.dump({name: i for i, name in enumerate(classes)}, f, indent=1)
+
+    network = network_from_config(cfg)
+    if cfg.pre_trained:
+        params = checkpoint.read(cfg.pre_trained)
+        checkpoint.load_into(network, params, cfg.pre_trained)
+        log(f"initialised the network from {cfg.pre_trained}")
+    lr = lr_from_config(cfg, steps_per_epoch)
+    optimizer = create_optimizer(cfg, network, lr)
+    train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer)
+
+    initial_epoch = 0
+    if cfg.resume_ckpt:
+        params = checkpoint.read(cfg.resume_ckpt)
+        info = checkpoint.meta(params)
+        if info["epoch_num"] is None:
+            raise UserError(f"{cfg.resume_ckpt}: no epoch recorded; not a training checkpoint of this repository")
+        checkpoint.load_into(train_cell, params, cfg.resume_ckpt)
+        initial_epoch = int(info["epoch_num"])
+        if info["step_num"] != initial_epoch * steps_per_epoch:
+            raise UserError(f"{cfg.resume_ckpt}: saved at step {info['step_num']} of epoch {initial_epoch}, which does "
+                            f"not match {steps_per_epoch} steps per epoch of this dataset and batch_size")
+        if initial_epoch >= cfg.epoch_size:
+            raise UserError(f"{cfg.resume_ckpt}: already at epoch {initial_epoch} of epoch_size {cfg.epoch_size}")
+        log(f"resumed from {cfg.resume_ckpt} at epoch {initial_epoch} (global step {info['step_num']})")
+
+    global_batch = cfg.batch_size * group
+    n_params = sum(p.size for p in network.trainable_params())
+    log(f"{cfg.net_name} ({n_params:,} parameters), {cfg.optimizer}, {cfg.device_target}, "
+        f"{'synthetic data' if not cfg.data_path else cfg.data_path}: {steps_per_epoch} steps/epoch x "
+        f"{cfg.epoch_size} epochs, batch {cfg.batch_size} x {group} device(s); output in {out}")
+
+    metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
+    monitor = TrainMonitor(lr, steps_per_epoch, cfg.epoch_size, global_batch, cfg.log_interval, metrics, log)
+    callbacks = [monitor]
+    if cfg.save_checkpoint and rank == 0:
+        callbacks.append(CheckpointSaver(train_cell, out, cfg.net_name, cfg.save_checkpoint_epochs,
+                                         cfg.keep_checkpoint_max, cfg.epoch_size, cfg, log))
+    evaluator = None
+    if cfg.run_eval and rank == 0:
+        eval_cell = LogitsCell(network)
+        evaluator = EvalCallback(lambda: evaluate(eval_cell, eval_ds, network), cfg.eval_interval, cfg.epoch_size,
+                                 train_cell, out, cfg.net_name, cfg, metrics, log, save_best=cfg.save_checkpoint)
+        callbacks.append(evaluator)
+
+    model = Model(train_cell)
+    model.train(cfg.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=cfg.dataset_sink_mode,
+                initial_epoch=initial_epoch)
+
+    summary = {"epochs": cfg.epoch_size, "steps": cfg.epoch_size * steps_per_epoch,
+               "loss": monitor.history[-1]["loss"] if monitor.history else None,
+               "img_per_s": monitor.history[-1]["img_per_s"] if monitor.history else None,
+               "overflow_steps": monitor.overflows}
+    if evaluator and evaluator.results:
+        last = evaluator.results[-1]
+        summary.update(top1=last["top1"], top5=last["top5"], images=last["images"],
+                       best_top1=evaluator.best["top1"], best_epoch=evaluator.best["epoch"])
+    log("training finished: " + json.dumps(summary))
+    metrics.write(event="done", **summary)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
