@@ -9,13 +9,14 @@ import json
 import os
 import sys
 
+import mindspore.dataset as ds
 from mindspore import Model
 
 from src import checkpoint, runtime
 from src.callbacks import CheckpointSaver, EvalCallback, MetricsFile, TrainMonitor
 from src.config import parse_args, save_config
 from src.dataset import dataset_from_config
-from src.errors import UserError, cli_main
+from src.errors import UserError, cli_main, data_errors
 from src.evaluate import LogitsCell, evaluate
 from src.logger import Logger
 from src.optim import NetWithLoss, apply_amp, create_loss, create_optimizer, create_train_cell
@@ -78,6 +79,11 @@ def main(argv=None):
                             f"not match {steps_per_epoch} steps per epoch of this dataset and batch_size")
         if initial_epoch >= cfg.epoch_size:
             raise UserError(f"{cfg.resume_ckpt}: already at epoch {initial_epoch} of epoch_size {cfg.epoch_size}")
+        # Continue the data order where the run stopped: the shuffle state is restored and the samples already
+        # seen are skipped without decoding them (random crops then differ from an uninterrupted run), or
+        # with resume_replay_data the pipeline is replayed so that they repeat bit for bit.
+        ds.config.set_fast_recovery(not cfg.resume_replay_data)
+        train_ds.set_init_step(info["step_num"])
         log(f"resumed from {cfg.resume_ckpt} at epoch {initial_epoch} (global step {info['step_num']})")
 
     global_batch = cfg.batch_size * group
@@ -91,17 +97,19 @@ def main(argv=None):
     callbacks = [monitor]
     if cfg.save_checkpoint and rank == 0:
         callbacks.append(CheckpointSaver(train_cell, out, cfg.net_name, cfg.save_checkpoint_epochs,
-                                         cfg.keep_checkpoint_max, cfg.epoch_size, cfg, log))
+                                         cfg.keep_checkpoint_max, cfg.epoch_size, steps_per_epoch, cfg, log))
     evaluator = None
     if cfg.run_eval and rank == 0:
         eval_cell = LogitsCell(network)
         evaluator = EvalCallback(lambda: evaluate(eval_cell, eval_ds, network), cfg.eval_interval, cfg.epoch_size,
-                                 train_cell, out, cfg.net_name, cfg, metrics, log, save_best=cfg.save_checkpoint)
+                                 steps_per_epoch, train_cell, out, cfg.net_name, cfg, metrics, log,
+                                 save_best=cfg.save_checkpoint)
         callbacks.append(evaluator)
 
     model = Model(train_cell)
-    model.train(cfg.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=cfg.dataset_sink_mode,
-                initial_epoch=initial_epoch)
+    with data_errors():
+        model.train(cfg.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=cfg.dataset_sink_mode,
+                    initial_epoch=initial_epoch)
 
     summary = {"epochs": cfg.epoch_size, "steps": cfg.epoch_size * steps_per_epoch,
                "loss": monitor.history[-1]["loss"] if monitor.history else None,

@@ -58,15 +58,17 @@ class TrainMonitor(Callback):
         self.window_steps = 0
         self.losses = []
         self.epoch_overflows = 0
+        self.step_in_epoch = 0
 
     def on_train_step_end(self, run_context):
         cb = run_context.original_args()
         outputs = cb.net_outputs
         loss = float(np.asarray(outputs[0].asnumpy() if hasattr(outputs[0], "asnumpy") else outputs[0]))
         overflow = bool(outputs[1].asnumpy()) if isinstance(outputs, (tuple, list)) and len(outputs) > 1 else False
-        step = cb.cur_step_num  # global, 1-based
-        epoch = cb.cur_epoch_num
-        step_in_epoch = (step - 1) % self.spe + 1
+        epoch = cb.cur_epoch_num  # 1-based, counts resumed epochs (cur_step_num restarts on resume)
+        self.step_in_epoch += 1
+        step_in_epoch = self.step_in_epoch
+        step = (epoch - 1) * self.spe + step_in_epoch  # global, 1-based
         self.window_steps += 1
         if overflow:
             self.overflows += 1
@@ -99,7 +101,7 @@ class TrainMonitor(Callback):
         mean_loss = float(np.mean(self.losses)) if self.losses else float("nan")
         steps = len(self.losses) + self.epoch_overflows
         ips = steps * self.global_batch / seconds if seconds > 0 else 0.0
-        record = {"epoch": cb.cur_epoch_num, "step": cb.cur_step_num, "loss": mean_loss,
+        record = {"epoch": cb.cur_epoch_num, "step": cb.cur_epoch_num * self.spe, "loss": mean_loss,
                   "seconds": seconds, "img_per_s": ips, "overflow_steps": self.epoch_overflows}
         self.history.append(record)
         self.log(f"epoch {cb.cur_epoch_num} done: mean loss {mean_loss:.4f}, {seconds:.1f} s, {ips:.1f} img/s"
@@ -111,8 +113,9 @@ class CheckpointSaver(Callback):
     """Every ``every`` epochs and after the last one: ``<prefix>-<epoch>_<step>.ckpt`` written atomically,
     keeping the newest ``keep_max``."""
 
-    def __init__(self, cell, folder, prefix, every, keep_max, total_epochs, cfg, log=print):
+    def __init__(self, cell, folder, prefix, every, keep_max, total_epochs, steps_per_epoch, cfg, log=print):
         super().__init__()
+        self.spe = steps_per_epoch
         self.cell = cell
         self.folder = folder
         self.prefix = prefix
@@ -128,8 +131,9 @@ class CheckpointSaver(Callback):
         epoch = cb.cur_epoch_num
         if epoch % self.every and epoch != self.total_epochs:
             return
-        path = os.path.join(self.folder, f"{self.prefix}-{epoch}_{cb.cur_step_num}.ckpt")
-        checkpoint.save(self.cell, path, epoch, cb.cur_step_num, self.cfg)
+        step = epoch * self.spe
+        path = os.path.join(self.folder, f"{self.prefix}-{epoch}_{step}.ckpt")
+        checkpoint.save(self.cell, path, epoch, step, self.cfg)
         self.last = path
         self.log(f"saved checkpoint {path}")
         old = checkpoint.list_checkpoints(self.folder, self.prefix)
@@ -141,9 +145,10 @@ class EvalCallback(Callback):
     """Every ``interval`` epochs and after the last one: top-1/top-5 on the validation set, logged and
     recorded; the best top-1 so far is saved as ``<prefix>-best.ckpt``."""
 
-    def __init__(self, eval_fn, interval, total_epochs, cell, folder, prefix, cfg, metrics, log=print,
-                 save_best=True):
+    def __init__(self, eval_fn, interval, total_epochs, steps_per_epoch, cell, folder, prefix, cfg, metrics,
+                 log=print, save_best=True):
         super().__init__()
+        self.spe = steps_per_epoch
         self.eval_fn = eval_fn
         self.interval = interval
         self.total_epochs = total_epochs
@@ -171,8 +176,8 @@ class EvalCallback(Callback):
         self.log(f"eval epoch {epoch}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} loss {res['loss']:.4f} "
                  f"({res['images']} images, {res['seconds']:.1f} s)"
                  + (" best" if improved else f" (best {self.best['top1']:.4f} at epoch {self.best['epoch']})"))
-        self.metrics.write(event="eval", epoch=epoch, step=cb.cur_step_num, top1=res["top1"], top5=res["top5"],
+        self.metrics.write(event="eval", epoch=epoch, step=epoch * self.spe, top1=res["top1"], top5=res["top5"],
                            loss=res["loss"], images=res["images"], best=improved)
         if improved and self.save_best:
             path = os.path.join(self.folder, f"{self.prefix}-best.ckpt")
-            checkpoint.save(self.cell, path, epoch, cb.cur_step_num, self.cfg)
+            checkpoint.save(self.cell, path, epoch, epoch * self.spe, self.cfg)

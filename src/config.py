@@ -265,8 +265,9 @@ def print_help(default_path=DEFAULT_CONFIG):
 
 def save_config(cfg, path):
     """Write the resolved config as YAML (atomically), so a run can be reproduced from its outputs."""
-    plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items()}
+    plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k != "config_path"}
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# resolved configuration (recipe: {cfg.get('config_path', DEFAULT_CONFIG)})\n")
         yaml.safe_dump(plain, f, sort_keys=False)
     os.replace(tmp, path)

@@ -1,6 +1,8 @@
 """User-facing errors: one clear line and a non-zero exit, no traceback spew."""
+import contextlib
 import functools
 import os
+import re
 import sys
 
 
@@ -31,3 +33,20 @@ def cli_main(func):
             sys.exit(130)
 
     return wrapper
+
+
+_DATA_FILE = re.compile(r"The corresponding data file is: (.+?)\.\s+(.*?)(?:\n|$)")
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Turn a MindSpore data-pipeline failure on one file (a corrupt or non-image file) into a
+    UserError that names the file."""
+    try:
+        yield
+    except RuntimeError as exc:
+        m = _DATA_FILE.search(str(exc))
+        if not m:
+            raise
+        reason = m.group(2).strip().rstrip(".") or "decode failed"
+        raise UserError(f"{m.group(1)}: cannot be read as an image ({reason}); fix or remove the file") from None

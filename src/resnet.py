@@ -89,7 +89,10 @@ class ResNet(nn.Cell):
         self.conv1 = _conv(3, base_width, 7, stride=2)
         self.bn1 = _bn(base_width)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1)
+        # Max-pool 3x3/2 with symmetric padding 1. Its input follows a ReLU (>= 0), so zero padding equals
+        # -inf padding; an explicit Pad + 'valid' pool also exports to ONNX, unlike pad_mode='pad'.
+        self.pool_pad = nn.Pad(paddings=((0, 0), (0, 0), (1, 1), (1, 1)))
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="valid")
         in_channel = base_width
         stages = []
         for i, (width, num) in enumerate(zip(widths, layer_nums)):
@@ -108,7 +111,7 @@ class ResNet(nn.Cell):
                                   bias_init=Uniform(scale=1.0 / math.sqrt(in_channel)))
 
     def construct(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.pool_pad(self.relu(self.bn1(self.conv1(x)))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = ops.mean(x, (2, 3), keep_dims=False)
         return self.end_point(x)

@@ -53,7 +53,7 @@ class TrainStep(nn.Cell):
 
     def construct(self, image, label):
         loss = self.network(image, label)
-        scale = self.loss_scale
+        scale = self.loss_scale * 1.0  # the value used in this step (read before any update)
         sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
         grads = self.grad(self.network, self.weights)(image, label, sens)
         if self.reducer is not None:

@@ -1,0 +1,78 @@
+"""Shared test helpers: generated image folders, tiny-network configs, and a subprocess runner."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+# A ResNet-18 of width 4 on 16x16 images: compiles and trains in seconds on 2 cores.
+TINY_ARGS = ["--device_target", "CPU", "--net_name", "resnet18", "--base_width", "4", "--class_num", "3",
+             "--train_image_size", "16", "--eval_image_size", "16", "--eval_crop_ratio", "1.0",
+             "--batch_size", "4", "--num_parallel_workers", "1", "--lr_max", "0.05", "--warmup_epochs", "0",
+             "--loss_scale", "1", "--log_interval", "2", "--synthetic_train_images", "24",
+             "--synthetic_eval_images", "10"]
+
+
+def write_image_folder(root, classes=3, per_class=8, size=20, seed=0, fmt="JPEG"):
+    """Write ``root/class_<k>/<i>.JPEG``: each class a distinct mean colour plus noise (learnable)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(40, 215, size=(classes, 3))
+    for k in range(classes):
+        folder = os.path.join(root, f"class_{k}")
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            pixels = np.clip(colours[k] + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(np.uint8)
+            ext = "JPEG" if fmt == "JPEG" else fmt.lower()
+            Image.fromarray(pixels).save(os.path.join(folder, f"{i:03d}.{ext}"), format=fmt)
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_data(tmp_path_factory):
+    """``train/`` (3 classes x 8 images) and ``val/`` (3 classes x 5 = 15 images, not a multiple of 4)."""
+    root = tmp_path_factory.mktemp("imagenet_like")
+    write_image_folder(os.path.join(root, "train"), per_class=8, seed=0)
+    write_image_folder(os.path.join(root, "val"), per_class=5, seed=1)
+    return str(root)
+
+
+def run_script(script, *args, cwd=None, timeout=600, env=None):
+    """Run a repository script with this interpreter, as a user would; returns CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def last_json(stdout):
+    """The last line of ``stdout`` that parses as a JSON object."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    raise AssertionError(f"no JSON line in output:\n{stdout}")
+
+
+def error_lines(stderr):
+    """Lines of stderr that our entry points print (``error: ...``)."""
+    return [l for l in stderr.splitlines() if l.startswith("error: ")]
+
+
+@pytest.fixture
+def tiny_cfg():
+    """Build a parsed config for the tiny network with extra overrides."""
+    from src.config import parse_args
+
+    def make(*extra):
+        return parse_args(TINY_ARGS + list(extra))
+    return make

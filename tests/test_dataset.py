@@ -1,0 +1,89 @@
+import os
+
+import numpy as np
+import pytest
+
+from conftest import write_image_folder
+from src.dataset import SyntheticImages, create_folder_dataset, dataset_from_config, scan_image_folder
+from src.errors import UserError
+
+
+def _batches(data):
+    return list(data.create_tuple_iterator(num_epochs=1, output_numpy=True))
+
+
+def test_train_pipeline_shapes_labels_and_normalisation(image_data):
+    data, classes = create_folder_dataset(os.path.join(image_data, "train"), True, 16, 5, num_workers=1)
+    assert classes == ["class_0", "class_1", "class_2"]
+    batches = _batches(data)
+    assert len(batches) == 24 // 5  # remainder dropped for training
+    image, label = batches[0]
+    assert image.shape == (5, 3, 16, 16) and image.dtype == np.float32
+    assert label.dtype == np.int32 and set(label) <= {0, 1, 2}
+    assert -3.0 < image.mean() < 3.0 and image.std() > 0.1  # normalised, not raw 0..255
+
+
+def test_eval_pipeline_scores_every_image(image_data):
+    data, _ = create_folder_dataset(os.path.join(image_data, "val"), False, 16, 4, num_workers=1, crop_ratio=0.875)
+    batches = _batches(data)
+    assert [b[0].shape[0] for b in batches] == [4, 4, 4, 3]
+    labels = np.concatenate([b[1] for b in batches])
+    assert sorted(labels.tolist()) == [0] * 5 + [1] * 5 + [2] * 5
+    assert batches[0][0].shape == (4, 3, 16, 16)
+
+
+def test_sharding_splits_files_between_ranks(image_data):
+    seen = []
+    for rank in range(2):
+        data, _ = create_folder_dataset(os.path.join(image_data, "val"), False, 16, 100, num_workers=1,
+                                        rank=rank, group_size=2)
+        seen.append(sum(b[0].shape[0] for b in _batches(data)))
+    assert sum(seen) >= 15 and all(s in (7, 8) for s in seen)
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(UserError, match="data folder not found"):
+        scan_image_folder(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no class folders"):
+        scan_image_folder(str(tmp_path / "empty"))
+    root = write_image_folder(str(tmp_path / "data"), classes=2, per_class=2)
+    os.makedirs(os.path.join(root, "class_9"))
+    with pytest.raises(UserError, match=r"class_9: class folder holds no images"):
+        scan_image_folder(root)
+
+
+def test_class_num_must_match_the_folder(image_data, tiny_cfg):
+    cfg = tiny_cfg("--data_path", os.path.join(image_data, "train"), "--class_num", "5")
+    with pytest.raises(UserError, match="3 class folders, but class_num is 5"):
+        dataset_from_config(cfg, train=True)
+
+
+def test_batch_larger_than_the_dataset_is_a_clear_error(image_data, tiny_cfg):
+    cfg = tiny_cfg("--data_path", os.path.join(image_data, "train"), "--batch_size", "64")
+    with pytest.raises(UserError, match="fewer images than one batch of 64"):
+        dataset_from_config(cfg, train=True)
+
+
+def test_synthetic_images_are_deterministic_and_learnable():
+    a = SyntheticImages(20, 4, 16, seed=3)
+    b = SyntheticImages(20, 4, 16, seed=3)
+    x1, y1 = a[5]
+    x2, y2 = b[5]
+    np.testing.assert_array_equal(x1, x2)
+    assert y1.shape == () and int(y1) == 5 % 4 and x1.shape == (3, 16, 16)
+    # Images of one class are closer to their own prototype than to the others' (learnable).
+    protos = [a.prototypes[k][:, a.index][:, :, a.index] for k in range(4)]
+    hits = sum(int(np.argmin([((a[i][0] - p) ** 2).mean() for p in protos]) == i % 4) for i in range(20))
+    assert hits >= 18
+    ev = SyntheticImages(20, 4, 16, seed=3, split=1)
+    np.testing.assert_array_equal(ev.prototypes, a.prototypes)
+    assert not np.array_equal(ev[5][0], x1)
+
+
+def test_synthetic_dataset_from_config(tiny_cfg):
+    cfg = tiny_cfg()
+    train, classes = dataset_from_config(cfg, train=True)
+    assert train.get_dataset_size() == 24 // 4 and len(classes) == 3
+    ev, _ = dataset_from_config(cfg, train=False)
+    assert sum(b[0].shape[0] for b in _batches(ev)) == 10

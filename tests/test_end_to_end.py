@@ -1,0 +1,132 @@
+"""train.py -> eval.py -> export.py through subprocesses, as a user runs them, plus bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import TINY_ARGS, error_lines, last_json, run_script
+
+
+@pytest.fixture(scope="module")
+def trained(image_data, tmp_path_factory):
+    """Train the tiny net for 2 epochs on the generated folder with evaluation every epoch."""
+    out = str(tmp_path_factory.mktemp("run"))
+    proc = run_script("train.py", *TINY_ARGS, "--data_path", os.path.join(image_data, "train"),
+                      "--epoch_size", "2", "--save_checkpoint_epochs", "1", "--run_eval", "true",
+                      "--output_dir", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
+def test_training_writes_logs_metrics_checkpoints_and_config(trained, image_data):
+    out, proc = trained
+    assert "img/s" in proc.stdout and "eta" in proc.stdout and "eval epoch 2: top1" in proc.stdout
+    files = set(os.listdir(out))
+    assert {"resnet18-1_6.ckpt", "resnet18-2_12.ckpt", "resnet18-best.ckpt", "config.yaml", "metrics.jsonl",
+            "class_indexing.json", "train.log"} <= files
+    saved = yaml.safe_load(open(os.path.join(out, "config.yaml")))
+    assert saved["net_name"] == "resnet18" and saved["data_path"].endswith("train") and saved["epoch_size"] == 2
+    assert json.load(open(os.path.join(out, "class_indexing.json"))) == {"class_0": 0, "class_1": 1, "class_2": 2}
+    events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    kinds = [e["event"] for e in events]
+    assert kinds.count("epoch") == 2 and kinds.count("eval") == 2 and kinds[-1] == "done"
+    evals = [e for e in events if e["event"] == "eval"]
+    assert all(e["images"] == 15 for e in evals)  # val has 15 images: none dropped
+    steps = [e for e in events if e["event"] == "step"]
+    assert all(np.isfinite(e["loss"]) and e["img_per_s"] > 0 for e in steps)
+    assert [e["step"] for e in steps] == [2, 4, 6, 8, 10, 12]
+
+
+def test_eval_scores_every_image_and_prints_json(trained, image_data):
+    out, _ = trained
+    proc = run_script("eval.py", "--checkpoint_path", os.path.join(out, "resnet18-2_12.ckpt"),
+                      "--data_path", os.path.join(image_data, "val"))
+    assert proc.returncode == 0, proc.stderr
+    res = last_json(proc.stdout)
+    assert res["images"] == 15 and 0.0 <= res["top1"] <= res["top5"] <= 1.0
+    # the same number as the evaluation during training at epoch 2
+    events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    during = [e for e in events if e["event"] == "eval" and e["epoch"] == 2][0]
+    assert res["top1"] == pytest.approx(during["top1"]) and res["top5"] == pytest.approx(during["top5"])
+
+
+def test_eval_over_a_folder_of_checkpoints(trained):
+    out, _ = trained
+    proc = run_script("eval.py", "--checkpoint_path", out)  # val folder found beside data_path
+    assert proc.returncode == 0, proc.stderr
+    lines = [l for l in proc.stdout.splitlines() if ": top1 " in l]
+    assert len(lines) == 3 and "resnet18-1_6.ckpt" in lines[0] and "resnet18-2_12.ckpt" in lines[1]
+    assert last_json(proc.stdout)["images"] == 15
+
+
+def test_export_mindir(trained, tmp_path):
+    out, _ = trained
+    target = str(tmp_path / "tiny")
+    proc = run_script("export.py", "--checkpoint_path", os.path.join(out, "resnet18-2_12.ckpt"),
+                      "--file_format", "MINDIR", "--file_name", target)
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.getsize(target + ".mindir") > 1000
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_resume_continues_exactly(trained, image_data, tmp_path):
+    """Resuming from the epoch-1 checkpoint reproduces the uninterrupted run bit for bit."""
+    import mindspore as ms
+    out, _ = trained
+    resumed = str(tmp_path / "resumed")
+    proc = run_script("train.py", *TINY_ARGS, "--data_path", os.path.join(image_data, "train"),
+                      "--epoch_size", "2", "--save_checkpoint_epochs", "1", "--run_eval", "true",
+                      "--output_dir", resumed, "--resume_ckpt", os.path.join(out, "resnet18-1_6.ckpt"),
+                      "--resume_replay_data", "true")
+    assert proc.returncode == 0, proc.stderr
+    assert "resumed from" in proc.stdout and "epoch 2/2 step 2/6" in proc.stdout
+    a = ms.load_checkpoint(os.path.join(out, "resnet18-2_12.ckpt"))
+    b = ms.load_checkpoint(os.path.join(resumed, "resnet18-2_12.ckpt"))
+    params = [k for k in a if isinstance(a[k], ms.Parameter)]
+    assert "moments.conv1.weight" in params and "global_step" in params
+    for k in params:
+        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
+
+
+def _fails_cleanly(proc, fragment):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and fragment in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_keys_fail_before_anything_runs(tmp_path):
+    _fails_cleanly(run_script("train.py", "--batch_sise", "4", "--output_dir", tmp_path), "unknown config key 'batch_sise'")
+    _fails_cleanly(run_script("train.py", "--optimizer", "Adam"), "'optimizer': 'Adam' is not one of")
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_data_and_bad_images_are_named(image_data, tmp_path):
+    _fails_cleanly(run_script("train.py", *TINY_ARGS, "--data_path", tmp_path / "nope", "--output_dir", tmp_path / "o1"),
+                   "data folder not found")
+    from conftest import write_image_folder
+    root = write_image_folder(str(tmp_path / "data"), classes=3, per_class=4)
+    bad = os.path.join(root, "class_1", "broken.JPEG")
+    with open(bad, "wb") as f:
+        f.write(b"this is not a jpeg" * 20)
+    _fails_cleanly(run_script("train.py", *TINY_ARGS, "--data_path", root, "--output_dir", tmp_path / "o2",
+                              "--epoch_size", "1"), f"{bad}: cannot be read as an image")
+
+
+def test_mismatched_checkpoint_and_existing_outputs_are_protected(trained):
+    out, _ = trained
+    ckpt = os.path.join(out, "resnet18-2_12.ckpt")
+    before = os.path.getmtime(ckpt)
+    _fails_cleanly(run_script("eval.py", "--checkpoint_path", ckpt, "--class_num", "5"),
+                   "does not match the network: 'end_point.weight' has shape (3, 32) in the checkpoint")
+    _fails_cleanly(run_script("eval.py", "--checkpoint_path", ckpt, "--net_name", "resnet50"), "does not match the network")
+    truncated = ckpt + ".cut.ckpt"
+    with open(ckpt, "rb") as src, open(truncated, "wb") as dst:
+        dst.write(src.read()[:500])
+    _fails_cleanly(run_script("eval.py", "--checkpoint_path", truncated), "not a readable MindSpore checkpoint")
+    os.remove(truncated)
+    # a new run into a folder that holds checkpoints would mix two runs: refused
+    _fails_cleanly(run_script("train.py", *TINY_ARGS, "--output_dir", out), "already holds checkpoints")
+    assert os.path.getmtime(ckpt) == before

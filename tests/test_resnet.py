@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import nn
+
+from src.errors import UserError
+from src.resnet import create_network
+
+
+def test_resnet50_parameter_count_and_zoo_names():
+    net = create_network("resnet50", 1000)
+    assert sum(p.size for p in net.trainable_params()) == 25_557_032
+    names = {p.name for p in net.get_parameters()}
+    for name in ["conv1.weight", "bn1.gamma", "bn1.beta", "bn1.moving_mean", "bn1.moving_variance",
+                 "layer1.0.conv1.weight", "layer1.0.conv3.weight", "layer1.0.down_sample_layer.0.weight",
+                 "layer1.0.down_sample_layer.1.gamma", "layer4.2.bn3.moving_variance", "end_point.weight",
+                 "end_point.bias"]:
+        assert name in names
+    assert not any("bias" in n for n in names if n.startswith(("conv", "layer")))
+
+
+def test_v15_stride_on_the_3x3_and_symmetric_padding():
+    net = create_network("resnet50", 10)
+    block = net.layer2[0]
+    assert block.conv1.stride == (1, 1) and block.conv2.stride == (2, 2) and block.conv3.stride == (1, 1)
+    assert block.conv2.kernel_size == (3, 3) and block.conv2.padding == 1 and block.conv2.pad_mode == "pad"
+    assert block.down_sample_layer[0].stride == (2, 2)
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.padding == 3 and net.conv1.stride == (2, 2)
+    assert all(c.eps == pytest.approx(1e-5) for c in net.cells_and_names() if isinstance(c, nn.BatchNorm2d))
+    assert net.end_point.has_bias
+
+
+@pytest.mark.parametrize("name, feats", [("resnet18", 32), ("resnet34", 32), ("resnet50", 128), ("resnet101", 128)])
+def test_output_shapes(name, feats):
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = create_network(name, class_num=7, base_width=4)
+    net.set_train(False)
+    out = net(ms.Tensor(np.random.rand(2, 3, 32, 32).astype(np.float32)))
+    assert out.shape == (2, 7)
+    assert net.num_features == feats
+
+
+def test_maxpool_matches_symmetric_padding():
+    # The stem pool is Pad(1) + valid 3x3/2 pool on non-negative input: equal to -inf padding.
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    net = create_network("resnet18", 3, base_width=4)
+    x = np.random.rand(1, 4, 9, 9).astype(np.float32)
+    got = net.maxpool(net.pool_pad(ms.Tensor(x))).asnumpy()
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    ref = np.array([[[[padded[0, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max() for j in range(5)] for i in range(5)]
+                     for c in range(4)]])
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_init_and_zero_init_residual():
+    net = create_network("resnet50", 10, base_width=8, zero_init_residual=True)
+    assert np.all(net.layer1[0].bn3.gamma.asnumpy() == 0) and np.all(net.layer1[0].bn1.gamma.asnumpy() == 1)
+    w = net.layer3[0].conv2.weight.asnumpy()  # kaiming normal, fan_out = out * 3 * 3
+    expected_std = np.sqrt(2.0 / (w.shape[0] * 9))
+    assert abs(w.std() / expected_std - 1) < 0.15
+    plain = create_network("resnet50", 10, base_width=8)
+    assert np.all(plain.layer1[0].bn3.gamma.asnumpy() == 1)
+
+
+def test_unknown_network_is_a_user_error():
+    with pytest.raises(UserError, match="unknown net_name 'resnet7'"):
+        create_network("resnet7")
