@@ -84,3 +84,28 @@ def lr_from_config(cfg, steps_per_epoch):
                        cfg.epoch_size, steps_per_epoch)
     return warmup_lr(cfg.lr_init, cfg.lr_max, cfg.lr_end, cfg.warmup_epochs, cfg.epoch_size,
                      steps_per_epoch, cfg.lr_decay_mode)
+
+
+def thor_update_steps(total_steps, steps_per_epoch, frequency, growth=1.0, growth_epochs=0, max_interval=0):
+    """Boolean per step: True where THOR recomputes its statistics and inverses.
+
+    Step 0 is always an update. After an update at step i (in epoch e = i // steps_per_epoch), the next one
+    comes ``interval(e)`` steps later, where
+
+      interval(e) = frequency * growth ** (e // growth_epochs)     (growth_epochs > 0, growth > 1)
+      interval(e) = frequency                                       otherwise
+
+    capped at ``max_interval`` when it is > 0. Any frequency >= 1 and any steps_per_epoch work: the
+    cadence runs across epoch boundaries.
+    """
+    flags = np.zeros(int(total_steps), dtype=bool)
+    i = 0
+    while i < total_steps:
+        flags[i] = True
+        interval = float(frequency)
+        if growth_epochs > 0 and growth > 1.0:
+            interval *= growth ** ((i // steps_per_epoch) // growth_epochs)
+        if max_interval > 0:
+            interval = min(interval, max_interval)
+        i += max(int(round(interval)), 1)
+    return flags

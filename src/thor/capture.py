@@ -1,0 +1,149 @@
+"""Per-layer statistics capture for THOR (Kronecker factors of the Fisher block of a Conv2d or Dense layer).
+
+For a layer with weight W (out x in*kh*kw after reshaping), on an update step:
+
+  A = (1 / (N*T)) * sum_{n,t} a_{n,t} a_{n,t}^T
+      a_{n,t}: the input patch (im2col column, C*kh*kw wide) of sample n at output position t;
+      T = number of output positions (1 for Dense). Captured in the forward pass.
+
+  G = (1 / N) * sum_n sum_t g_{n,t} g_{n,t}^T,   g_{n,t} = dl_n / ds_{n,t}
+      the gradient of the *unscaled per-sample* loss l_n w.r.t. the layer output s at position t.
+      The backward pass sees dout = (S / N) * g (loss scale S, batch-mean 1/N), so the hook stores
+      N * sum dout dout^T = S^2 * G and the optimizer divides by S^2. Captured with ops.InsertGradientOf.
+
+Then F ~= A (x) G (KFC, Grosse & Martens 2016: positions assumed independent, spatially homogeneous),
+and vec(dW) is preconditioned as G^-1 dW A^-1. Only the diagonal blocks of A and G are formed
+(``split_dim``; see blocks.py), so capture costs N*T*D*b flops, not N*T*D^2.
+
+Capture happens only in the graph compiled while ``thor_capture`` is True (the update-step graph); the
+other graph contains no statistics work at all.
+"""
+import fnmatch
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from src.errors import UserError
+from src.thor.blocks import block_gram, block_layout
+
+
+class _CaptureMixin:
+    """Attributes and hooks shared by the capturing Conv2d and Dense."""
+
+    def _thor_setup(self, name, d_in, d_out, split_dim):
+        self.thor_name = name
+        self.thor_capture = False
+        self.thor_dims = (d_in, d_out)
+        self.thor_a_layout = block_layout(d_in, split_dim)
+        self.thor_g_layout = block_layout(d_out, split_dim)
+        nba, ba = self.thor_a_layout
+        nbg, bg = self.thor_g_layout
+        self.thor_a = Parameter(Tensor(np.zeros((nba, ba, ba), np.float32)), name=f"thor.{name}.a_stat",
+                                requires_grad=False)
+        self.thor_g = Parameter(Tensor(np.zeros((nbg, bg, bg), np.float32)), name=f"thor.{name}.g_stat",
+                                requires_grad=False)
+        self.thor_g_hook = ops.InsertGradientOf(self._thor_save_g)
+
+    def _thor_save_g(self, dout):
+        n = dout.shape[0]
+        if len(dout.shape) == 4:
+            rows = ops.reshape(ops.transpose(dout, (0, 2, 3, 1)), (-1, dout.shape[1]))
+        else:
+            rows = dout
+        nbg, bg = self.thor_g_layout
+        stat = block_gram(rows, nbg, bg, float(n))  # = S^2 * G
+        return ops.depend(dout, ops.assign(self.thor_g, stat))
+
+
+class CaptureConv2d(nn.Conv2d, _CaptureMixin):
+    """nn.Conv2d that records A (forward) and S^2*G (backward) when compiled with ``thor_capture``."""
+
+    def _input_rows(self, x):
+        kh, kw = self.kernel_size
+        sh, sw = self.stride
+        if kh == 1 and kw == 1 and self.thor_pad == 0:
+            if sh > 1 or sw > 1:
+                x = x[:, :, ::sh, ::sw]
+            return ops.reshape(ops.transpose(x, (0, 2, 3, 1)), (-1, x.shape[1]))
+        patches = ops.unfold(x, (kh, kw), 1, self.thor_pad, (sh, sw))  # (N, C*kh*kw, L), C outermost
+        return ops.reshape(ops.transpose(patches, (0, 2, 1)), (-1, patches.shape[1]))
+
+    def construct(self, x):
+        if self.thor_capture:
+            rows = self._input_rows(ops.cast(x, ms.float32))
+            nba, ba = self.thor_a_layout
+            x = ops.depend(x, ops.assign(self.thor_a, block_gram(rows, nba, ba, 1.0 / rows.shape[0])))
+            out = self.conv2d(x, self.weight)
+            if self.has_bias:
+                out = self.bias_add(out, self.bias)
+            return self.thor_g_hook(out)
+        out = self.conv2d(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out
+
+
+class CaptureDense(nn.Dense, _CaptureMixin):
+    """nn.Dense (2-D input, no activation) that records A and S^2*G when compiled with ``thor_capture``."""
+
+    def construct(self, x):
+        if self.thor_capture:
+            nba, ba = self.thor_a_layout
+            x = ops.depend(x, ops.assign(self.thor_a, block_gram(x, nba, ba, 1.0 / x.shape[0])))
+            out = self.matmul(x, self.weight)
+            if self.has_bias:
+                out = self.bias_add(out, self.bias)
+            return self.thor_g_hook(out)
+        out = self.matmul(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return out
+
+
+def _conv_padding(cell, name):
+    if cell.group != 1 or tuple(cell.dilation) not in ((1, 1), (1, 1, 1, 1)):
+        raise UserError(f"THOR: layer '{name}' uses groups or dilation, which THOR does not support; "
+                        f"add it to thor_skip_layers")
+    if cell.pad_mode == "valid":
+        return 0
+    if cell.pad_mode == "pad":
+        pad = cell.padding
+        if isinstance(pad, (tuple, list)):
+            if len(set(pad)) != 1:
+                raise UserError(f"THOR: layer '{name}' has asymmetric padding {pad}; add it to thor_skip_layers")
+            pad = pad[0]
+        return int(pad)
+    raise UserError(f"THOR: layer '{name}' uses pad_mode '{cell.pad_mode}'; use 'pad' or add it to thor_skip_layers")
+
+
+def attach(network, skip_patterns=(), split_dim=128):
+    """Turn every Conv2d and Dense of ``network`` whose name matches none of ``skip_patterns`` (fnmatch,
+    e.g. ``end_point`` or ``layer4.*``) into a capturing layer. Parameter names are unchanged.
+    Returns the list of capturing cells in network order."""
+    layers = []
+    for name, cell in network.cells_and_names():
+        if not name or any(fnmatch.fnmatchcase(name, p) for p in skip_patterns):
+            continue
+        if type(cell) is nn.Conv2d:
+            kh, kw = cell.kernel_size
+            pad = _conv_padding(cell, name)
+            cell.__class__ = CaptureConv2d
+            cell.thor_pad = pad
+            cell._thor_setup(name, cell.in_channels * kh * kw, cell.out_channels, split_dim)
+        elif type(cell) is nn.Dense:
+            if cell.activation_flag:
+                raise UserError(f"THOR: Dense layer '{name}' has a built-in activation; add it to thor_skip_layers")
+            cell.__class__ = CaptureDense
+            cell._thor_setup(name, cell.in_channels, cell.out_channels, split_dim)
+        else:
+            continue
+        layers.append(cell)
+    if not layers:
+        raise UserError("THOR: no Conv2d or Dense layer left to precondition (check thor_skip_layers)")
+    return layers
+
+
+def set_capture(layers, flag):
+    for cell in layers:
+        cell.thor_capture = bool(flag)

@@ -1,0 +1,197 @@
+"""THOR: momentum SGD on Kronecker-factored natural gradients, with its own inverse-update cadence.
+
+Per preconditioned layer l (Conv2d/Dense weight W_l; see capture.py for A and G), on an *update* step:
+
+  A_l <- A_new                      or, with factor_decay rho > 0 (after the first update):
+  A_l <- rho * A_l + (1 - rho) * A_new   (G likewise; in data parallel A_new, G_new are first averaged
+                                          across ranks)
+  A_l^-1 <- (A_l + sqrt(lambda) I)^-1,   G_l^-1 <- (G_l + sqrt(lambda) I)^-1      (per diagonal block)
+
+  lambda is the damping of the step (damping_i = damping_init * damping_decay^(e/10), schedules.py).
+  A non-finite new inverse is not used: the layer keeps its last good inverse.
+
+  Trace mode (THOR paper, Chen et al. AAAI 2021), per layer with d = d_in * d_out:
+    tr_k   = tr(A_l) * tr(G_l) + lambda * d        = tr(F_k + lambda I)  (tr of a Kronecker product)
+    tr_prev: the same with the factors of the layer's last refresh
+    delta  = |tr_k - tr_prev| / tr_prev
+    delta > w1          -> refresh the inverse (and remember these factors as the reference)
+    w2 <= delta <= w1   -> keep the previous inverse
+    delta < w2          -> freeze the layer: its inverse is never refreshed again
+  The first update of a layer always refreshes. The number of refreshed layers is kept in
+  ``thor_refreshed`` for logging.
+
+On *every* step:
+
+  D_l = G_l^-1 * dW_l * A_l^-1          (dW_l reshaped to (out, in*kh*kw) and back)
+  optional KL clipping (kfac-pytorch): nu = min(1, sqrt(kl_clip / (lr^2 * sum_l <D_l, dW_l>))), D_l *= nu
+  then weight decay (BN gamma/beta and biases excluded) and momentum, exactly as nn.Momentum;
+  parameters of layers that are not preconditioned (BN, biases, skipped layers) take the plain
+  momentum step.
+
+Which of the two is compiled is fixed by the Python flag ``thor_update`` at compile time (trainer.py
+compiles two graphs); the non-update graph holds no statistics, inversion or trace work.
+"""
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore.context import ParallelMode
+from mindspore.nn.optim.momentum import _momentum_opt
+from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
+
+from src.thor.blocks import apply_left, apply_right, block_trace, damped_inverse
+
+
+def _eye_blocks(nb, b):
+    return Tensor(np.broadcast_to(np.eye(b, dtype=np.float32), (nb, b, b)).copy())
+
+
+class Thor(nn.Momentum):
+    """THOR optimizer over ``params`` (the same groups nn.Momentum takes) for the capturing ``layers``."""
+
+    def __init__(self, params, learning_rate, damping, momentum, layers, mode="fixed", factor_decay=0.0,
+                 kl_clip=0.0, trace_w1=0.01, trace_w2=0.0):
+        super().__init__(params, learning_rate, momentum, weight_decay=0.0, loss_scale=1.0)
+        self.num_layers = len(layers)
+        self.thor_update = False  # compile-time switch, see trainer.py
+        self.trace_mode = mode == "trace"
+        self.factor_decay = float(factor_decay)
+        self.kl_clip = float(kl_clip)
+        self.trace_w1 = float(trace_w1)
+        self.trace_w2 = float(trace_w2)
+        self.damping = Parameter(Tensor(np.asarray(damping, np.float32)), name="thor.damping", requires_grad=False)
+        self.loss_scale_ref = Parameter(Tensor(1.0, ms.float32), name="thor.loss_scale_ref", requires_grad=False)
+
+        weight_ids = {id(cell.weight): i for i, cell in enumerate(layers)}
+        self.param_layer = tuple(weight_ids.get(id(p), -1) for p in self._parameters)
+        missing = [cell.thor_name for cell in layers if id(cell.weight) not in {id(p) for p in self._parameters}]
+        if missing:
+            raise ValueError(f"THOR layers whose weight is not optimised: {missing}")
+        self.weight_shapes = tuple(tuple(cell.weight.shape) for cell in layers)
+        self.a_layout = tuple(cell.thor_a_layout for cell in layers)
+        self.g_layout = tuple(cell.thor_g_layout for cell in layers)
+        self.dims = tuple(cell.thor_dims for cell in layers)
+
+        def state(suffix, layout_of, init):
+            return ParameterTuple([Parameter(init(*layout_of(c)), name=f"thor.{c.thor_name}.{suffix}",
+                                             requires_grad=False) for c in layers])
+
+        zeros = lambda nb, b: Tensor(np.zeros((nb, b, b), np.float32))
+        self.a_stat = ParameterTuple([c.thor_a for c in layers])
+        self.g_stat = ParameterTuple([c.thor_g for c in layers])
+        self.a_avg = state("a", lambda c: c.thor_a_layout, zeros)
+        self.g_avg = state("g", lambda c: c.thor_g_layout, zeros)
+        self.a_inv = state("a_inv", lambda c: c.thor_a_layout, _eye_blocks)
+        self.g_inv = state("g_inv", lambda c: c.thor_g_layout, _eye_blocks)
+        self.trace_ref = ParameterTuple([Parameter(Tensor(np.ones(2, np.float32)), name=f"thor.{c.thor_name}.trace_ref",
+                                                   requires_grad=False) for c in layers])
+        self.layer_flags = ParameterTuple([Parameter(Tensor(np.zeros(2, np.float32)), name=f"thor.{c.thor_name}.flags",
+                                                     requires_grad=False) for c in layers])  # [seen, frozen]
+        self.thor_refreshed = Parameter(Tensor(0, ms.int32), name="thor.refreshed", requires_grad=False)
+        self.thor_updates = Parameter(Tensor(0, ms.int32), name="thor.updates", requires_grad=False)
+
+        self.group_size = 1
+        self.allreduce = None
+        if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
+            self.group_size = _get_device_num()
+            self.allreduce = ops.AllReduce()
+
+    def state_bytes(self):
+        """Bytes of THOR state (statistics, factors, inverses), the part Momentum does not have."""
+        tuples = (self.a_stat, self.g_stat, self.a_avg, self.g_avg, self.a_inv, self.g_inv)
+        return int(sum(p.size * 4 for t in tuples for p in t))
+
+    def _refresh(self, damping, gradients):
+        """Update factors and inverses from this step's statistics (update graph only)."""
+        inv_scale2 = 1.0 / (self.loss_scale_ref * self.loss_scale_ref)
+        rho = self.factor_decay
+        sqrt_damping = ops.sqrt(damping)
+        count = ops.zeros((), ms.float32)
+        for l in range(self.num_layers):
+            a_new = ops.depend(self.a_stat[l], gradients)
+            g_new = ops.depend(self.g_stat[l], gradients) * inv_scale2
+            if self.allreduce is not None:
+                a_new = self.allreduce(a_new) / self.group_size
+                g_new = self.allreduce(g_new) / self.group_size
+            flags = self.layer_flags[l]
+            seen = flags[0] > 0.5
+            frozen = flags[1] > 0.5
+            if rho > 0.0:
+                a = ops.where(seen, rho * self.a_avg[l] + (1.0 - rho) * a_new, a_new)
+                g = ops.where(seen, rho * self.g_avg[l] + (1.0 - rho) * g_new, g_new)
+            else:
+                a = a_new
+                g = g_new
+            a_inv = damped_inverse(a, sqrt_damping)
+            g_inv = damped_inverse(g, sqrt_damping)
+            refresh = ops.logical_and(ops.isfinite(a_inv).all(), ops.isfinite(g_inv).all())
+            d_in, d_out = self.dims[l]
+            tr_a = block_trace(a, d_in)
+            tr_g = block_trace(g, d_out)
+            new_frozen = frozen
+            if self.trace_mode:
+                extra = damping * float(d_in * d_out)
+                tr_new = tr_a * tr_g + extra
+                ref = self.trace_ref[l]
+                tr_prev = ref[0] * ref[1] + extra
+                delta = ops.abs(tr_new - tr_prev) / tr_prev
+                changed = ops.logical_or(ops.logical_not(seen), delta > self.trace_w1)
+                new_frozen = ops.logical_or(frozen, ops.logical_and(seen, delta < self.trace_w2))
+                refresh = ops.logical_and(refresh, ops.logical_and(changed, ops.logical_not(frozen)))
+            keep_factors = ops.logical_not(frozen)
+            ops.assign(self.a_avg[l], ops.where(keep_factors, a, self.a_avg[l]))
+            ops.assign(self.g_avg[l], ops.where(keep_factors, g, self.g_avg[l]))
+            ops.assign(self.a_inv[l], ops.where(refresh, a_inv, self.a_inv[l]))
+            ops.assign(self.g_inv[l], ops.where(refresh, g_inv, self.g_inv[l]))
+            ops.assign(self.trace_ref[l], ops.where(refresh, ops.stack([tr_a, tr_g]), self.trace_ref[l]))
+            ops.assign(self.layer_flags[l], ops.stack([ops.ones((), ms.float32),
+                                                       ops.cast(new_frozen, ms.float32)]))
+            count = count + ops.cast(refresh, ms.float32)
+        ops.assign(self.thor_updates, self.thor_updates + 1)
+        return ops.assign(self.thor_refreshed, ops.cast(count, ms.int32))
+
+    def _precondition(self, gradients):
+        out = ()
+        for i in range(len(self.param_layer)):
+            l = self.param_layer[i]
+            g = gradients[i]
+            if l >= 0:
+                o = self.weight_shapes[l][0]
+                nba, ba = self.a_layout[l]
+                nbg, bg = self.g_layout[l]
+                g2 = ops.reshape(g, (o, -1))
+                g2 = apply_right(g2, self.a_inv[l], nba, ba)
+                g2 = apply_left(self.g_inv[l], g2, nbg, bg)
+                g = ops.reshape(g2, self.weight_shapes[l])
+            out = out + (g,)
+        return out
+
+    def _kl_clip(self, new_grads, gradients, lr):
+        vg = ops.zeros((), ms.float32)
+        for i in range(len(self.param_layer)):
+            if self.param_layer[i] >= 0:
+                vg = vg + (new_grads[i] * gradients[i]).sum()
+        vg = vg * lr * lr
+        nu = ops.minimum(ops.ones((), ms.float32), ops.sqrt(self.kl_clip / ops.maximum(vg, 1e-30)))
+        out = ()
+        for i in range(len(self.param_layer)):
+            g = new_grads[i]
+            if self.param_layer[i] >= 0:
+                g = g * nu
+            out = out + (g,)
+        return out
+
+    def construct(self, gradients):
+        params = self.params
+        moments = self.moments
+        step = ops.minimum(self.global_step, self.damping.shape[0] - 1)
+        damping = ops.gather(self.damping, step, 0).reshape(())
+        if self.thor_update:
+            gradients = ops.depend(gradients, self._refresh(damping, gradients))
+        new_grads = self._precondition(gradients)
+        lr = self.get_lr()
+        if self.kl_clip > 0.0:
+            new_grads = self._kl_clip(new_grads, gradients, lr)
+        new_grads = self.decay_weight(new_grads)
+        new_grads = self.scale_grad(new_grads)
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        return self.hyper_map(ops.partial(_momentum_opt, self.opt, self.momentum, lr), new_grads, params, moments)

@@ -1,0 +1,55 @@
+"""The THOR training cell: two compiled graphs over one model, picked per step in Python.
+
+``update`` graph (compiled with thor_capture / thor_update True): forward with A capture, backward with G
+capture, factor and inverse refresh, preconditioned momentum step.
+``plain`` graph: forward, backward, preconditioning with the stored inverses, momentum step; it holds no
+statistics work, so a non-update step costs about what a Momentum step costs.
+
+The step counter is the optimizer's ``global_step`` (restored from checkpoints), so resuming continues the
+cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
+"""
+import numpy as np
+from mindspore import nn
+
+from src.thor.capture import set_capture
+from src.train_step import TrainStep
+
+
+class ThorTrainer(nn.Cell):
+    """Outputs ``(loss, overflow, loss_scale)`` like TrainStep."""
+
+    def __init__(self, net_with_loss, optimizer, layers, update_flags, loss_scale=1.0, dynamic=False, window=2000):
+        super().__init__(auto_prefix=False)
+        self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
+        self.update_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window,
+                                     share_scale_with=self.plain_step)
+        optimizer.loss_scale_ref = self.plain_step.loss_scale
+        self.optimizer = optimizer
+        object.__setattr__(self, "_thor_layers", tuple(layers))  # plain attribute: not registered as sub-cells
+        self.update_flags = np.asarray(update_flags, bool)
+        self.last_update = None  # (global_step, layers refreshed) of the latest update step
+
+    def global_step(self):
+        return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+
+    def is_update(self, step):
+        return bool(self.update_flags[min(step, len(self.update_flags) - 1)]) if len(self.update_flags) else False
+
+    def _set(self, flag):
+        set_capture(self._thor_layers, flag)
+        self.optimizer.thor_update = flag
+
+    def __call__(self, image, label):
+        step = self.global_step()
+        if not self.is_update(step):
+            return self.plain_step(image, label)
+        self._set(True)
+        try:
+            out = self.update_step(image, label)
+        finally:
+            self._set(False)
+        self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
+        return out
+
+    def construct(self, image, label):  # pragma: no cover - dispatch happens in __call__
+        return self.plain_step(image, label)

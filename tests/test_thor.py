@@ -1,0 +1,205 @@
+"""THOR against a NumPy float64 reference of the formulas in src/thor (capture.py, optimizer.py)."""
+import numpy as np
+import pytest
+import mindspore as ms
+from mindspore import Tensor, nn, ops
+
+from src.optim import NetWithLoss
+from src.schedules import thor_update_steps
+from src.thor.blocks import block_layout
+from src.thor.capture import attach
+from src.thor.optimizer import Thor
+from src.thor.trainer import ThorTrainer
+
+N, C, H = 4, 3, 6          # batch, input channels, input size
+K, CLASSES = 5, 3          # conv output channels, classes
+
+
+class TinyNet(nn.Cell):
+    """conv 3x3/2 pad 1 (no bias) -> ReLU -> global average pool -> Dense with bias."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(C, K, 3, stride=2, pad_mode="pad", padding=1, has_bias=False)
+        self.relu = nn.ReLU()
+        self.fc = nn.Dense(K, CLASSES)
+
+    def construct(self, x):
+        return self.fc(ops.mean(self.relu(self.conv(x)), (2, 3)))
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((N, C, H, H)).astype(np.float32), rng.integers(0, CLASSES, N).astype(np.int32)
+
+
+def _im2col(x, k=3, stride=2, pad=1):
+    """(N, C, H, W) -> (N, T, C*k*k) patches, C outermost like the weight reshape."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    n, c, h, w = xp.shape
+    out = (h - k) // stride + 1
+    cols = np.empty((n, out * out, c * k * k))
+    for i in range(out):
+        for j in range(out):
+            cols[:, i * out + j] = xp[:, :, i * stride:i * stride + k, j * stride:j * stride + k].reshape(n, -1)
+    return cols
+
+
+def _reference(w_conv, w_fc, b_fc, x, y):
+    """Float64 A, G and batch-mean gradients of both layers, straight from the formulas."""
+    x = x.astype(np.float64)
+    a_conv = _im2col(x)                                        # (N, T, 27)
+    s = a_conv @ w_conv.reshape(K, -1).T                       # (N, T, K) conv output
+    r = np.maximum(s, 0)
+    h = r.mean(axis=1)                                         # (N, K) pooled
+    logits = h @ w_fc.T + b_fc
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g_fc = p - np.eye(CLASSES)[y]                              # dl_n / dlogits_n (per sample)
+    g_conv = (g_fc @ w_fc)[:, None, :] / s.shape[1] * (s > 0)  # dl_n / ds_{n,t}
+    t = s.shape[1]
+    return {
+        "A_conv": np.einsum("ntd,nte->de", a_conv, a_conv) / (N * t),
+        "G_conv": np.einsum("ntk,ntl->kl", g_conv, g_conv) / N,
+        "dW_conv": np.einsum("ntk,ntd->kd", g_conv, a_conv) / N,
+        "A_fc": h.T @ h / N,
+        "G_fc": g_fc.T @ g_fc / N,
+        "dW_fc": g_fc.T @ h / N,
+    }
+
+
+def _softmax_grad(w_conv, w_fc, b_fc, x, y):
+    h = np.maximum(_im2col(x.astype(np.float64)) @ w_conv.reshape(K, -1).T, 0).mean(1)
+    logits = h @ w_fc.T + b_fc
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True) - np.eye(CLASSES)[y]
+
+
+def _blockdiag_inverse(m, split, damping):
+    d = m.shape[0]
+    nb, b = block_layout(d, split)
+    out = np.zeros_like(m)
+    for i in range(nb):
+        sl = slice(i * b, min((i + 1) * b, d))
+        blk = m[sl, sl]
+        out[sl, sl] = np.linalg.inv(blk + np.sqrt(damping) * np.eye(blk.shape[0]))
+    return out
+
+
+def _block_mask(d, split):
+    nb, b = block_layout(d, split)
+    idx = np.arange(d) // b
+    return idx[:, None] == idx[None, :]
+
+
+def _blocks_to_dense(blocks, d):
+    nb, b, _ = blocks.shape
+    full = np.zeros((nb * b, nb * b))
+    for i in range(nb):
+        full[i * b:(i + 1) * b, i * b:(i + 1) * b] = blocks[i]
+    return full[:d, :d]
+
+
+def _build(split_dim, damping=0.01, loss_scale=8.0, lr=1.0, momentum=0.0, steps=1, frequency=1, mode="fixed",
+           factor_decay=0.0, w1=0.01, w2=0.0, seed=0):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(seed)
+    net = TinyNet()
+    layers = attach(net, split_dim=split_dim)
+    n = max(steps, 2)
+    opt = Thor(net.trainable_params(), ms.Tensor(np.full(n, lr, np.float32)), np.full(n, damping),
+               momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2)
+    flags = thor_update_steps(steps, steps, frequency)
+    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers, flags, loss_scale=loss_scale)
+    trainer.set_train()
+    return net, opt, trainer
+
+
+@pytest.mark.parametrize("split_dim", [0, 8])
+def test_factors_and_preconditioned_gradient_match_numpy(split_dim):
+    net, opt, trainer = _build(split_dim)
+    x, y = _data()
+    w_conv, w_fc, b_fc = (p.asnumpy().astype(np.float64) for p in (net.conv.weight, net.fc.weight, net.fc.bias))
+    ref = _reference(w_conv, w_fc, b_fc, x, y)
+    loss, overflow, _ = trainer(Tensor(x), Tensor(y))
+    assert not bool(overflow.asnumpy())
+
+    def rel(a, b):
+        return np.abs(a - b).max() / np.abs(b).max()
+
+    # statistics (block-diagonal part) in the optimizer state: layer 0 = conv, layer 1 = fc
+    for l, name, d_in, d_out in [(0, "conv", C * 9, K), (1, "fc", K, CLASSES)]:
+        a = _blocks_to_dense(opt.a_avg[l].asnumpy(), d_in)
+        g = _blocks_to_dense(opt.g_avg[l].asnumpy(), d_out)
+        mask_a, mask_g = _block_mask(d_in, split_dim), _block_mask(d_out, split_dim)
+        assert rel(a, ref[f"A_{name}"] * mask_a) < 1e-4, name
+        assert rel(g, ref[f"G_{name}"] * mask_g) < 1e-4, name
+    # preconditioned step: lr 1, momentum 0, no weight decay -> W_old - W_new = G^-1 dW A^-1
+    for name, w_old, d_in, shape in [("conv", w_conv, C * 9, (K, C, 3, 3)), ("fc", w_fc, K, (CLASSES, K))]:
+        a_inv = _blockdiag_inverse(ref[f"A_{name}"], split_dim, 0.01)
+        g_inv = _blockdiag_inverse(ref[f"G_{name}"], split_dim, 0.01)
+        expected = (g_inv @ ref[f"dW_{name}"] @ a_inv).reshape(shape)
+        new = getattr(net, name).weight.asnumpy().astype(np.float64)
+        assert rel(w_old - new, expected) < 1e-4, name
+    # the bias takes the plain (unpreconditioned) step: b_old - b_new = lr * mean_n g_n
+    p = _softmax_grad(w_conv, w_fc, b_fc, x, y)
+    assert rel(b_fc - net.fc.bias.asnumpy(), p.mean(0)) < 1e-4
+
+
+def test_loss_scale_does_not_change_the_thor_step():
+    results = []
+    for scale in (1.0, 1024.0):
+        net, _, trainer = _build(8, loss_scale=scale)
+        x, y = _data()
+        trainer(Tensor(x), Tensor(y))
+        results.append(net.conv.weight.asnumpy().copy())
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-4, atol=1e-6)
+
+
+def test_statistics_and_inverses_change_only_on_update_steps():
+    net, opt, trainer = _build(8, lr=0.1, momentum=0.9, steps=7, frequency=3)
+    changed_stats, changed_inv = [], []
+    for step in range(7):
+        x, y = _data(seed=step)
+        before_stat = opt.a_stat[0].asnumpy().copy()
+        before_inv = opt.a_inv[0].asnumpy().copy(), opt.g_inv[1].asnumpy().copy()
+        trainer(Tensor(x), Tensor(y))
+        changed_stats.append(not np.array_equal(before_stat, opt.a_stat[0].asnumpy()))
+        changed_inv.append(not np.array_equal(before_inv[0], opt.a_inv[0].asnumpy())
+                           and not np.array_equal(before_inv[1], opt.g_inv[1].asnumpy()))
+    expected = [True, False, False, True, False, False, True]
+    assert changed_stats == expected
+    assert changed_inv == expected
+    assert int(opt.thor_updates.asnumpy()) == 3 and trainer.last_update == (6, 2)
+
+
+def test_update_schedule_any_frequency_and_growth():
+    np.testing.assert_array_equal(np.flatnonzero(thor_update_steps(10, 4, 3)), [0, 3, 6, 9])
+    np.testing.assert_array_equal(np.flatnonzero(thor_update_steps(5, 5, 7)), [0])
+    # interval doubles every epoch (4 steps/epoch): 0, +1 -> 1, +1 -> 2, +1 -> 3, (epoch 1) +2 -> 4, 6, (epoch 2) +4
+    np.testing.assert_array_equal(np.flatnonzero(thor_update_steps(16, 4, 1, 2.0, 1)), [0, 1, 2, 3, 4, 6, 8, 12])
+    np.testing.assert_array_equal(np.flatnonzero(thor_update_steps(16, 4, 1, 2.0, 1, max_interval=2)),
+                                  [0, 1, 2, 3, 4, 6, 8, 10, 12, 14])
+
+
+def test_trace_rule_refreshes_keeps_and_freezes():
+    # w1 huge: after the first refresh nothing changes enough -> inverses kept
+    _, opt, trainer = _build(8, lr=0.1, steps=3, mode="trace", w1=1e9, w2=0.0)
+    for step in range(3):
+        x, y = _data(seed=step)
+        trainer(Tensor(x), Tensor(y))
+        if step == 0:
+            first = opt.a_inv[0].asnumpy().copy()
+            assert trainer.last_update == (0, 2)
+    assert trainer.last_update == (2, 0)
+    np.testing.assert_array_equal(opt.a_inv[0].asnumpy(), first)
+    # w1 = 0: every change refreshes; w2 huge: every layer freezes after its first update
+    _, opt, trainer = _build(8, lr=0.1, steps=3, mode="trace", w1=0.0, w2=0.0)
+    for step in range(3):
+        trainer(*map(Tensor, _data(seed=step)))
+    assert trainer.last_update == (2, 2)
+    _, opt, trainer = _build(8, lr=0.1, steps=3, mode="trace", w1=0.0, w2=1e9)
+    for step in range(3):
+        trainer(*map(Tensor, _data(seed=step)))
+    assert trainer.last_update == (2, 0)
+    assert all(opt.layer_flags[l].asnumpy()[1] == 1.0 for l in range(2))
