@@ -22,6 +22,7 @@ from src.logger import Logger
 from src.optim import NetWithLoss, apply_amp, create_loss, create_optimizer, create_train_cell
 from src.resnet import network_from_config
 from src.schedules import lr_from_config
+from src.thor.trainer import ThorTrainer
 
 
 def prepare_output(cfg, rank):
@@ -64,7 +65,8 @@ def main(argv=None):
         log(f"initialised the network from {cfg.pre_trained}")
     lr = lr_from_config(cfg, steps_per_epoch)
     optimizer = create_optimizer(cfg, network, lr)
-    train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer)
+    train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer,
+                                   steps_per_epoch)
 
     initial_epoch = 0
     if cfg.resume_ckpt:
@@ -92,8 +94,23 @@ def main(argv=None):
         f"{'synthetic data' if not cfg.data_path else cfg.data_path}: {steps_per_epoch} steps/epoch x "
         f"{cfg.epoch_size} epochs, batch {cfg.batch_size} x {group} device(s); output in {out}")
 
+    extra = None
+    if isinstance(train_cell, ThorTrainer):
+        layers = len(optimizer.thor_layers)
+        updates = int(train_cell.update_flags.sum())
+        log(f"THOR: {layers} preconditioned layers, split_dim {cfg.split_dim}, {cfg.thor_mode} mode, "
+            f"{updates} update steps in {len(train_cell.update_flags)}, state {optimizer.state_bytes() / 2**20:.1f} MiB")
+        damping = optimizer.damping.asnumpy()
+
+        def extra():
+            info = {"damping": float(damping[min(train_cell.global_step(), len(damping) - 1)])}
+            if train_cell.last_update is not None:
+                info["thor_refreshed"] = f"{train_cell.last_update[1]}/{layers}@{train_cell.last_update[0]}"
+            return info
+
     metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
-    monitor = TrainMonitor(lr, steps_per_epoch, cfg.epoch_size, global_batch, cfg.log_interval, metrics, log)
+    monitor = TrainMonitor(lr, steps_per_epoch, cfg.epoch_size, global_batch, cfg.log_interval, metrics, log,
+                           extra=extra)
     callbacks = [monitor]
     if cfg.save_checkpoint and rank == 0:
         callbacks.append(CheckpointSaver(train_cell, out, cfg.net_name, cfg.save_checkpoint_epochs,

@@ -26,7 +26,7 @@ EXPLICIT_TYPES = {
     "eval_dataset_path": str,
 }
 # Element types of list-valued keys.
-LIST_ELEMENT_TYPES = {}
+LIST_ELEMENT_TYPES = {"thor_skip_layers": str}
 
 CHOICES = {
     "device_target": ("CPU", "GPU", "Ascend"),
@@ -36,6 +36,7 @@ CHOICES = {
     "optimizer": ("Momentum", "Thor"),
     "lr_decay_mode": ("linear", "cosine", "steps", "poly", "constant", "thor"),
     "loss_scale_mode": ("fixed", "dynamic"),
+    "thor_mode": ("fixed", "trace"),
 }
 
 # (key, predicate, description) checked after all overrides are applied.
@@ -69,6 +70,18 @@ RANGE_CHECKS = [
     ("keep_checkpoint_max", lambda v: v >= 1, "must be >= 1"),
     ("eval_interval", lambda v: v >= 1, "must be >= 1"),
     ("eval_batch_size", lambda v: v >= 0, "must be >= 0"),
+    ("frequency", lambda v: v >= 1, "must be >= 1"),
+    ("damping_init", lambda v: v > 0, "must be > 0"),
+    ("damping_decay", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("damping_total_epochs", lambda v: v > 0, "must be > 0"),
+    ("split_dim", lambda v: v >= 0, "must be >= 0"),
+    ("factor_decay", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
+    ("kl_clip", lambda v: v >= 0, "must be >= 0"),
+    ("trace_w1", lambda v: v >= 0, "must be >= 0"),
+    ("trace_w2", lambda v: v >= 0, "must be >= 0"),
+    ("frequency_growth", lambda v: v >= 1.0, "must be >= 1"),
+    ("frequency_growth_epochs", lambda v: v >= 0, "must be >= 0"),
+    ("frequency_max", lambda v: v >= 0, "must be >= 0"),
 ]
 
 _TRUE = {"true", "yes", "1", "on"}
@@ -212,6 +225,8 @@ def validate(cfg):
         raise UserError(f"config key 'lr_end' ({cfg.lr_end}) must not exceed 'lr_max' ({cfg.lr_max})")
     if cfg.warmup_epochs > cfg.epoch_size:
         raise UserError(f"config key 'warmup_epochs' ({cfg.warmup_epochs}) exceeds 'epoch_size' ({cfg.epoch_size})")
+    if cfg.trace_w2 > cfg.trace_w1:
+        raise UserError(f"config key 'trace_w2' ({cfg.trace_w2}) must not exceed 'trace_w1' ({cfg.trace_w1})")
     if cfg.pre_trained and cfg.resume_ckpt:
         raise UserError("config keys 'pre_trained' and 'resume_ckpt' are exclusive: resume already restores weights")
     return cfg

@@ -8,7 +8,10 @@ in ``dynamic`` mode, the scale is halved).
 import mindspore as ms
 from mindspore import nn, ops
 
-from src.errors import UserError
+from src.schedules import thor_damping, thor_update_steps
+from src.thor.capture import attach
+from src.thor.optimizer import Thor
+from src.thor.trainer import ThorTrainer
 from src.train_step import TrainStep
 
 
@@ -35,12 +38,32 @@ def param_groups(network, weight_decay, decay_bn_bias=False):
 
 
 def create_optimizer(cfg, network, lr):
-    """Momentum (or THOR) over ``network``'s trainable parameters with the per-step ``lr`` array."""
-    lr = ms.Tensor(lr, ms.float32)
+    """Momentum or THOR over ``network``'s trainable parameters with the per-step ``lr`` array.
+
+    For THOR this turns the network's Conv2d/Dense layers into capturing layers (src/thor/capture.py;
+    parameter names unchanged) and builds the damping schedule for the same number of steps as ``lr``.
+    """
+    groups = param_groups(network, cfg.weight_decay, cfg.decay_bn_bias)
+    lr_tensor = ms.Tensor(lr, ms.float32)
     if cfg.optimizer == "Momentum":
-        return nn.Momentum(param_groups(network, cfg.weight_decay, cfg.decay_bn_bias), learning_rate=lr,
-                           momentum=cfg.momentum, loss_scale=1.0)
-    raise UserError(f"config key 'optimizer': {cfg.optimizer!r} is not available yet")
+        return nn.Momentum(groups, learning_rate=lr_tensor, momentum=cfg.momentum, loss_scale=1.0)
+    steps_per_epoch = len(lr) / cfg.epoch_size
+    damping = thor_damping(cfg.damping_init, cfg.damping_decay, cfg.epoch_size, steps_per_epoch,
+                           cfg.damping_total_epochs)
+    layers = attach(network, cfg.thor_skip_layers, cfg.split_dim)
+    opt = Thor(groups, lr_tensor, damping, cfg.momentum, layers, mode=cfg.thor_mode,
+               factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2)
+    object.__setattr__(opt, "thor_layers", layers)
+    return opt
+
+
+def thor_update_flags(cfg, steps_per_epoch):
+    """Per-step booleans: where THOR refreshes its statistics (fixed interval, or growing in trace mode)."""
+    total = cfg.epoch_size * steps_per_epoch
+    if cfg.thor_mode == "trace":
+        return thor_update_steps(total, steps_per_epoch, cfg.frequency, cfg.frequency_growth,
+                                 cfg.frequency_growth_epochs, cfg.frequency_max)
+    return thor_update_steps(total, steps_per_epoch, cfg.frequency)
 
 
 class NetWithLoss(nn.Cell):
@@ -63,9 +86,16 @@ def apply_amp(network, amp_level):
     return network
 
 
-def create_train_cell(cfg, net_with_loss, optimizer):
-    """The training cell (see src/train_step.py). Outputs ``(loss, overflow, loss_scale)``."""
-    cell = TrainStep(net_with_loss, optimizer, loss_scale=cfg.loss_scale,
-                     dynamic=cfg.loss_scale_mode == "dynamic", window=cfg.loss_scale_window)
+def create_train_cell(cfg, net_with_loss, optimizer, steps_per_epoch):
+    """The training cell (src/train_step.py; for THOR src/thor/trainer.py). Outputs
+    ``(loss, overflow, loss_scale)``."""
+    dynamic = cfg.loss_scale_mode == "dynamic"
+    if isinstance(optimizer, Thor):
+        cell = ThorTrainer(net_with_loss, optimizer, optimizer.thor_layers, thor_update_flags(cfg, steps_per_epoch),
+                           loss_scale=cfg.loss_scale, dynamic=dynamic, window=cfg.loss_scale_window)
+        cell.set_train()
+        return cell
+    cell = TrainStep(net_with_loss, optimizer, loss_scale=cfg.loss_scale, dynamic=dynamic,
+                     window=cfg.loss_scale_window)
     cell.set_train()
     return cell

@@ -10,6 +10,7 @@ from src.thor.blocks import block_layout
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
+from src.train_step import TrainStep
 
 N, C, H = 4, 3, 6          # batch, input channels, input size
 K, CLASSES = 5, 3          # conv output channels, classes
@@ -203,3 +204,37 @@ def test_trace_rule_refreshes_keeps_and_freezes():
         trainer(*map(Tensor, _data(seed=step)))
     assert trainer.last_update == (2, 0)
     assert all(opt.layer_flags[l].asnumpy()[1] == 1.0 for l in range(2))
+
+
+def _ill_conditioned_batches(steps, seed=0, batch=16):
+    """Class patterns plus noise whose three input channels differ in scale by 10x and 100x."""
+    rng = np.random.default_rng(seed)
+    scale = np.array([1.0, 0.1, 0.01])[None, :, None, None]
+    proto = rng.standard_normal((CLASSES, C, H, H))
+    for _ in range(steps):
+        y = rng.integers(0, CLASSES, batch)
+        x = (proto[y] + 1.5 * rng.standard_normal((batch, C, H, H))) * scale
+        yield Tensor(x.astype(np.float32)), Tensor(y.astype(np.int32))
+
+
+def _final_loss(optimizer, lr, steps=80):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    net = TinyNet()
+    lrs = Tensor(np.full(steps, lr, np.float32))
+    if optimizer == "Momentum":
+        cell = TrainStep(NetWithLoss(net, nn.CrossEntropyLoss()), nn.Momentum(net.trainable_params(), lrs, 0.9))
+    else:
+        layers = attach(net, split_dim=0)
+        opt = Thor(net.trainable_params(), lrs, np.full(steps, 0.03), 0.9, layers)
+        cell = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers, thor_update_steps(steps, steps, 5))
+    cell.set_train()
+    losses = [float(cell(x, y)[0].asnumpy()) for x, y in _ill_conditioned_batches(steps)]
+    return float(np.mean(losses[-20:]))
+
+
+def test_thor_beats_momentum_in_the_same_steps():
+    """Same seed, data and steps: THOR at one lr ends lower than Momentum at the best of three lrs."""
+    thor = _final_loss("Thor", 0.03)
+    momentum = {lr: _final_loss("Momentum", lr) for lr in (0.03, 0.1, 0.3)}
+    assert thor < 0.85 * min(momentum.values()), (thor, momentum)

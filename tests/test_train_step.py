@@ -12,8 +12,8 @@ def _train(cfg, steps=3, seed=0):
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(1)
     net = network_from_config(cfg)
-    lr = np.full(steps, 0.05, np.float32)
-    cell = create_train_cell(cfg, NetWithLoss(net, create_loss(cfg)), create_optimizer(cfg, net, lr))
+    lr = np.full(max(steps, 2), 0.05, np.float32)
+    cell = create_train_cell(cfg, NetWithLoss(net, create_loss(cfg)), create_optimizer(cfg, net, lr), len(lr))
     rng = np.random.default_rng(seed)
     losses = []
     for _ in range(steps):
