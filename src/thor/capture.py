@@ -45,6 +45,11 @@ class _CaptureMixin:
                                 requires_grad=False)
         self.thor_g_hook = ops.InsertGradientOf(self._thor_save_g)
 
+    def _thor_record_a(self, x, rows):
+        """Store A = rows^T rows / M (diagonal blocks); returns ``x`` ordered after the store."""
+        nba, ba = self.thor_a_layout
+        return ops.depend(x, ops.assign(self.thor_a, block_gram(rows, nba, ba, 1.0 / rows.shape[0])))
+
     def _thor_save_g(self, dout):
         n = dout.shape[0]
         if len(dout.shape) == 4:
@@ -71,16 +76,12 @@ class CaptureConv2d(nn.Conv2d, _CaptureMixin):
 
     def construct(self, x):
         if self.thor_capture:
-            rows = self._input_rows(ops.cast(x, ms.float32))
-            nba, ba = self.thor_a_layout
-            x = ops.depend(x, ops.assign(self.thor_a, block_gram(rows, nba, ba, 1.0 / rows.shape[0])))
-            out = self.conv2d(x, self.weight)
-            if self.has_bias:
-                out = self.bias_add(out, self.bias)
-            return self.thor_g_hook(out)
+            x = self._thor_record_a(x, self._input_rows(ops.cast(x, ms.float32)))
         out = self.conv2d(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
+        if self.thor_capture:
+            out = self.thor_g_hook(out)
         return out
 
 
@@ -89,15 +90,12 @@ class CaptureDense(nn.Dense, _CaptureMixin):
 
     def construct(self, x):
         if self.thor_capture:
-            nba, ba = self.thor_a_layout
-            x = ops.depend(x, ops.assign(self.thor_a, block_gram(x, nba, ba, 1.0 / x.shape[0])))
-            out = self.matmul(x, self.weight)
-            if self.has_bias:
-                out = self.bias_add(out, self.bias)
-            return self.thor_g_hook(out)
+            x = self._thor_record_a(x, x)
         out = self.matmul(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
+        if self.thor_capture:
+            out = self.thor_g_hook(out)
         return out
 
 
