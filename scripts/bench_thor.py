@@ -74,7 +74,7 @@ def main(argv=None):
     for size in [int(s) for s in args.image_sizes.split(",")]:
         common = ["--device_target", args.device_target, "--net_name", "resnet50", "--class_num", "1000",
                   "--batch_size", str(args.batch_size), "--train_image_size", str(size), "--loss_scale", "128",
-                  "--split_dim", str(args.split_dim), "--epoch_size", "1"]
+                  "--split_dim", str(args.split_dim), "--epoch_size", "1", "--warmup_epochs", "0"]
         rng = np.random.default_rng(0)
         batch = (ms.Tensor(rng.standard_normal((args.batch_size, 3, size, size)).astype(np.float32)),
                  ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32)))
@@ -90,7 +90,7 @@ def main(argv=None):
             row[f"{name}_all_ms"] = [round(v * 1000, 2) for v in all_t]
             if name == "thor_update":
                 row["thor_state_mib"] = opt.state_bytes() / 2 ** 20
-            print(f"  {size}px {name}: {t * 1000:.1f} ms/step, {args.batch_size / t:.1f} img/s", flush=True)
+            print(f"  {size}px {name}: {t * 1000:.1f} ms/step, {args.batch_size / t:.3g} img/s", flush=True)
             del cell, opt
         f = args.frequency
         row["frequency"] = f
@@ -109,7 +109,7 @@ def main(argv=None):
           f"amortized at F={args.frequency} | THOR state MiB |")
     print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['image_size']} | {r['batch_size']} | {r['momentum_ms']:.1f} ({r['momentum_img_s']:.1f}) | "
+        print(f"| {r['image_size']} | {r['batch_size']} | {r['momentum_ms']:.1f} ({r['momentum_img_s']:.3g}) | "
               f"{r['thor_plain_ms']:.1f} ({r['plain_over_momentum']:.3f}x) | "
               f"{r['thor_update_ms']:.1f} ({r['update_over_momentum']:.2f}x) | {r['amortized_over_momentum']:.3f}x | "
               f"{r['thor_state_mib']:.1f} |")
