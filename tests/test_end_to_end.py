@@ -130,3 +130,15 @@ def test_mismatched_checkpoint_and_existing_outputs_are_protected(trained):
     # a new run into a folder that holds checkpoints would mix two runs: refused
     _fails_cleanly(run_script("train.py", *TINY_ARGS, "--output_dir", out), "already holds checkpoints")
     assert os.path.getmtime(ckpt) == before
+
+
+def test_keep_checkpoint_max_and_help(tmp_path):
+    out = tmp_path / "keep"
+    proc = run_script("train.py", *TINY_ARGS, "--epoch_size", "3", "--save_checkpoint_epochs", "1",
+                      "--keep_checkpoint_max", "2", "--output_dir", out)
+    assert proc.returncode == 0, proc.stderr
+    ckpts = sorted(f for f in os.listdir(out) if f.endswith(".ckpt"))
+    assert ckpts == ["resnet18-2_12.ckpt", "resnet18-3_18.ckpt"]
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    helped = run_script("train.py", "--help")
+    assert helped.returncode == 0 and "--thor_mode" in helped.stdout and "--batch_size" in helped.stdout

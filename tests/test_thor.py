@@ -102,14 +102,14 @@ def _blocks_to_dense(blocks, d):
 
 
 def _build(split_dim, damping=0.01, loss_scale=8.0, lr=1.0, momentum=0.0, steps=1, frequency=1, mode="fixed",
-           factor_decay=0.0, w1=0.01, w2=0.0, seed=0):
+           factor_decay=0.0, w1=0.01, w2=0.0, seed=0, kl_clip=0.0):
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(seed)
     net = TinyNet()
     layers = attach(net, split_dim=split_dim)
     n = max(steps, 2)
     opt = Thor(net.trainable_params(), ms.Tensor(np.full(n, lr, np.float32)), np.full(n, damping),
-               momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2)
+               momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2, kl_clip=kl_clip)
     flags = thor_update_steps(steps, steps, frequency)
     trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers, flags, loss_scale=loss_scale)
     trainer.set_train()
@@ -145,6 +145,36 @@ def test_factors_and_preconditioned_gradient_match_numpy(split_dim):
     # the bias takes the plain (unpreconditioned) step: b_old - b_new = lr * mean_n g_n
     p = _softmax_grad(w_conv, w_fc, b_fc, x, y)
     assert rel(b_fc - net.fc.bias.asnumpy(), p.mean(0)) < 1e-4
+
+
+def test_kl_clip_scales_preconditioned_updates_by_nu():
+    """nu = min(1, sqrt(kl_clip / (lr^2 * sum_l <D_l, dW_l>))) on the preconditioned layers only."""
+    kl = 1e-4
+    net, _, trainer = _build(0, kl_clip=kl, lr=0.5)
+    x, y = _data()
+    w_conv, w_fc, b_fc = (p.asnumpy().astype(np.float64) for p in (net.conv.weight, net.fc.weight, net.fc.bias))
+    ref = _reference(w_conv, w_fc, b_fc, x, y)
+    d = {name: _blockdiag_inverse(ref[f"G_{name}"], 0, 0.01) @ ref[f"dW_{name}"] @
+         _blockdiag_inverse(ref[f"A_{name}"], 0, 0.01) for name in ("conv", "fc")}
+    vg = sum((d[n] * ref[f"dW_{n}"]).sum() for n in d) * 0.5 ** 2
+    nu = min(1.0, np.sqrt(kl / vg))
+    assert nu < 0.5  # the clip is active in this setup
+    trainer(Tensor(x), Tensor(y))
+    step_fc = (w_fc - net.fc.weight.asnumpy()) / 0.5
+    np.testing.assert_allclose(step_fc, nu * d["fc"], rtol=1e-3, atol=1e-7)
+    step_bias = (b_fc - net.fc.bias.asnumpy()) / 0.5  # bias: plain gradient, not clipped
+    np.testing.assert_allclose(step_bias, _softmax_grad(w_conv, w_fc, b_fc, x, y).mean(0), rtol=1e-3, atol=1e-7)
+
+
+def test_factor_decay_keeps_a_running_average():
+    _, opt, trainer = _build(8, lr=0.1, steps=2, factor_decay=0.75)
+    trainer(*map(Tensor, _data(seed=0)))
+    first_a, first_g = opt.a_avg[0].asnumpy().copy(), opt.g_avg[1].asnumpy().copy()
+    np.testing.assert_allclose(first_a, opt.a_stat[0].asnumpy(), rtol=1e-6)  # first update: no history
+    trainer(*map(Tensor, _data(seed=1)))
+    np.testing.assert_allclose(opt.a_avg[0].asnumpy(), 0.75 * first_a + 0.25 * opt.a_stat[0].asnumpy(), rtol=1e-5)
+    g_new = opt.g_stat[1].asnumpy() / 8.0 ** 2  # the hook stores S^2 * G
+    np.testing.assert_allclose(opt.g_avg[1].asnumpy(), 0.75 * first_g + 0.25 * g_new, rtol=1e-5, atol=1e-9)
 
 
 def test_loss_scale_does_not_change_the_thor_step():
