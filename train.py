@@ -112,8 +112,12 @@ def main(argv=None):
     monitor = TrainMonitor(lr, steps_per_epoch, cfg.epoch_size, global_batch, cfg.log_interval, metrics, log,
                            extra=extra)
     callbacks = [monitor]
-    if cfg.save_checkpoint and rank == 0:
-        callbacks.append(CheckpointSaver(train_cell, out, cfg.net_name, cfg.save_checkpoint_epochs,
+    ckpt_dir = out if rank == 0 else None
+    if group > 1 and cfg.checkpoint_all_ranks:
+        ckpt_dir = os.path.join(out, f"rank_{rank}")
+        os.makedirs(ckpt_dir, exist_ok=True)
+    if cfg.save_checkpoint and ckpt_dir:
+        callbacks.append(CheckpointSaver(train_cell, ckpt_dir, cfg.net_name, cfg.save_checkpoint_epochs,
                                          cfg.keep_checkpoint_max, cfg.epoch_size, steps_per_epoch, cfg, log))
     evaluator = None
     if cfg.run_eval and rank == 0:
