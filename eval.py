@@ -38,26 +38,26 @@ def main(argv=None):
     data_path, argv = pop_option(argv, "data_path")  # the validation folder (the zoo's convention)
     files = checkpoints_in(ckpt_path)
     cfg = config_for_checkpoint(argv, ckpt_path)
-    cfg.run_distribute = False
-    runtime.setup(cfg)
+    rank, group = runtime.setup(cfg)  # with --run_distribute true under msrun: one shard per rank
+    say = print if rank == 0 else (lambda *a, **k: None)
     network = network_from_config(cfg)
     checkpoint.load_into(network, checkpoint.read(files[0]), files[0])  # fail fast on a mismatch
     # No --data_path: eval_dataset_path, a 'val' folder beside the training data, or synthetic data.
-    dataset, _ = dataset_from_config(cfg, train=False, path=data_path)
+    dataset, _ = dataset_from_config(cfg, train=False, rank=rank, group_size=group, path=data_path)
     results = []
     cell = LogitsCell(network)  # compiled once, reloaded for each checkpoint
     for path in files:
         checkpoint.load_into(network, checkpoint.read(path), path)
         with data_errors():
-            res = evaluate(cell, dataset)
+            res = evaluate(cell, dataset, distributed=group > 1)
         res["checkpoint"] = path
         results.append(res)
-        print(f"{path}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} images {res['images']} "
+        say(f"{path}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} images {res['images']} "
               f"({res['images'] / max(res['seconds'], 1e-9):.1f} img/s)", flush=True)
     best = max(results, key=lambda r: r["top1"])
     if len(results) > 1:
-        print(f"best: {best['checkpoint']} (top1 {best['top1']:.4f})", flush=True)
-    print(json.dumps({"top1": best["top1"], "top5": best["top5"], "images": best["images"],
+        say(f"best: {best['checkpoint']} (top1 {best['top1']:.4f})", flush=True)
+    say(json.dumps({"top1": best["top1"], "top5": best["top5"], "images": best["images"],
                       "checkpoint": best["checkpoint"]}), flush=True)
     return best
 

@@ -44,6 +44,17 @@ def scan_image_folder(path):
     return classes, counts
 
 
+def _sharding(train, shuffle, rank, group_size, num_items):
+    """Dataset arguments for rank ``rank`` of ``group_size``. Training shards with MindSpore's distributed
+    sampler (equal shard sizes, padded by repeating samples). Evaluation gives rank k the items k, k + G,
+    k + 2G, ... so that the shards are disjoint and every item is scored exactly once over all ranks."""
+    if group_size <= 1:
+        return {"shuffle": shuffle}
+    if train:
+        return {"shuffle": shuffle, "num_shards": group_size, "shard_id": rank}
+    return {"sampler": ds.SubsetSampler(list(range(rank, num_items, group_size)))}
+
+
 def _extensions():
     return [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
 
@@ -51,13 +62,12 @@ def _extensions():
 def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1,
                           crop_ratio=0.875, drop_remainder=None, shuffle=None):
     """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names)."""
-    classes, _ = scan_image_folder(path)
+    classes, counts = scan_image_folder(path)
     shuffle = train if shuffle is None else shuffle
     drop_remainder = train if drop_remainder is None else drop_remainder
-    shard = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
-    data = ds.ImageFolderDataset(path, num_parallel_workers=num_workers, shuffle=shuffle,
-                                 extensions=_extensions(), class_indexing={c: i for i, c in enumerate(classes)},
-                                 **shard)
+    data = ds.ImageFolderDataset(path, num_parallel_workers=num_workers, extensions=_extensions(),
+                                 class_indexing={c: i for i, c in enumerate(classes)},
+                                 **_sharding(train, shuffle, rank, group_size, sum(counts)))
     if train:
         ops = [V.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333333)),
                V.RandomHorizontalFlip(prob=0.5)]
@@ -104,9 +114,8 @@ def create_synthetic_dataset(num_images, class_num, image_size, batch_size, trai
                              group_size=1, drop_remainder=None):
     """Synthetic train or eval pipeline; eval uses a disjoint range of items (other noise)."""
     source = SyntheticImages(num_images, class_num, image_size, seed=seed, split=0 if train else 1)
-    shard = {"num_shards": group_size, "shard_id": rank} if group_size > 1 else {}
-    data = ds.GeneratorDataset(source, column_names=["image", "label"], shuffle=train,
-                               python_multiprocessing=False, **shard)
+    data = ds.GeneratorDataset(source, column_names=["image", "label"], python_multiprocessing=False,
+                               **_sharding(train, train, rank, group_size, num_images))
     drop_remainder = train if drop_remainder is None else drop_remainder
     data = data.batch(batch_size, drop_remainder=drop_remainder)
     return data, [f"class_{i}" for i in range(class_num)]

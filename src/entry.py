@@ -34,7 +34,10 @@ def config_for_checkpoint(argv, ckpt_path):
         saved = os.path.join(folder, "config.yaml")
         if os.path.isfile(saved):
             argv = ["--config_path", saved] + list(argv)
-    return parse_args(argv)
+    cfg = parse_args(argv)
+    if not any(a == "--run_distribute" or a.startswith("--run_distribute=") for a in argv):
+        cfg.run_distribute, cfg.device_num = False, 1  # a data-parallel training run does not make eval one
+    return cfg
 
 
 def load_network(cfg, ckpt_path):

@@ -24,10 +24,20 @@ def topk_correct(logits, labels, k):
     return int((top == labels[:, None]).any(axis=1).sum())
 
 
-def evaluate(eval_cell, dataset, network=None):
+class _SumAcrossRanks(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.allreduce = ops.AllReduce()
+
+    def construct(self, x):
+        return self.allreduce(x)
+
+
+def evaluate(eval_cell, dataset, network=None, distributed=False):
     """Run ``eval_cell`` (a LogitsCell) over ``dataset`` and return
     ``{"top1", "top5", "images", "loss", "seconds"}``. Puts ``network`` (the cell's network) in eval mode
-    for the pass and back in train mode afterwards when it was training."""
+    for the pass and back in train mode afterwards when it was training. With ``distributed`` every rank
+    evaluates its own disjoint shard and the counts are summed over ranks (all ranks get the totals)."""
     target = network if network is not None else eval_cell
     was_training = target.training
     eval_cell.set_train(False)
@@ -45,6 +55,10 @@ def evaluate(eval_cell, dataset, network=None):
         loss_sum += float(-logp[np.arange(label.shape[0]), label].sum())
     if was_training:
         target.set_train(True)
+    if distributed:
+        totals = _SumAcrossRanks()(ms.Tensor(np.array([n, c1, c5, loss_sum], np.float32))).asnumpy()
+        n, c1, c5 = (int(round(float(v))) for v in totals[:3])
+        loss_sum = float(totals[3])
     return {"top1": c1 / n if n else 0.0, "top5": c5 / n if n else 0.0, "images": n,
             "correct_top1": c1, "correct_top5": c5,
             "loss": loss_sum / n if n else 0.0, "seconds": time.time() - start}

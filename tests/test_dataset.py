@@ -38,7 +38,16 @@ def test_sharding_splits_files_between_ranks(image_data):
         data, _ = create_folder_dataset(os.path.join(image_data, "val"), False, 16, 100, num_workers=1,
                                         rank=rank, group_size=2)
         seen.append(sum(b[0].shape[0] for b in _batches(data)))
-    assert sum(seen) >= 15 and all(s in (7, 8) for s in seen)
+    assert seen == [8, 7]  # disjoint for evaluation: every image exactly once
+    labels = []
+    for rank in range(2):
+        data, _ = create_folder_dataset(os.path.join(image_data, "val"), False, 16, 100, num_workers=1,
+                                        rank=rank, group_size=2)
+        labels += [int(v) for b in _batches(data) for v in b[1]]
+    assert sorted(labels) == [0] * 5 + [1] * 5 + [2] * 5
+    train, _ = create_folder_dataset(os.path.join(image_data, "train"), True, 16, 4, num_workers=1, rank=1,
+                                     group_size=2)
+    assert train.get_dataset_size() == 3  # 24 images / 2 ranks / batch 4
 
 
 def test_folder_errors_name_the_path(tmp_path):

@@ -56,3 +56,30 @@ def test_two_workers_keep_identical_replicas_and_learn(optimizer, tmp_path):
     epochs = [e for e in epochs if e["event"] == "epoch"]
     assert len(epochs) == 2 and epochs[1]["loss"] < epochs[0]["loss"]
     assert os.path.isfile(os.path.join(out, "train_rank1.log"))
+
+
+def test_distributed_eval_equals_single_process(image_data, tmp_path):
+    """15 validation images, batch 4, 2 ranks: the same counts as one process, every image once."""
+    out = str(tmp_path / "run")
+    train = subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *TINY_ARGS, "--epoch_size", "1",
+                            "--data_path", os.path.join(image_data, "train"), "--output_dir", out],
+                           cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    ckpt = os.path.join(out, "resnet18-1_6.ckpt")
+    val = os.path.join(image_data, "val")
+    single = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--checkpoint_path", ckpt,
+                             "--data_path", val], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    dist = subprocess.run(["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={_free_port()}",
+                           f"--log_dir={tmp_path / 'logs'}", "--join=True", os.path.join(REPO, "eval.py"),
+                           "--checkpoint_path", ckpt, "--data_path", val, "--run_distribute", "true"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    worker0 = open(tmp_path / "logs" / "worker_0.log").read()
+    assert dist.returncode == 0, worker0[-3000:]
+    from conftest import last_json
+    a = last_json(single.stdout)
+    b = last_json("\n".join(l for l in worker0.splitlines() if l.startswith("{")))
+    assert a["images"] == b["images"] == 15
+    assert a["top1"] == pytest.approx(b["top1"]) and a["top5"] == pytest.approx(b["top5"])
