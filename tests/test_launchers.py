@@ -1,0 +1,100 @@
+"""The Ascend launcher in dry-run mode, and rank-table checks, on a machine with no Ascend."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+SCRIPT = os.path.join(REPO, "scripts", "run_distribute_train.sh")
+TABLES = os.path.join(REPO, "scripts", "rank_table.py")
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def _table(tmp_path, name, servers):
+    path = str(tmp_path / name)
+    args = [sys.executable, TABLES, "generate", "--output", path]
+    for sid, n in servers:
+        args += ["--server", f"{sid}:" + ",".join(f"192.168.{len(sid)}.{i}" for i in range(n))]
+    subprocess.run(args, check=True, capture_output=True)
+    return path
+
+
+def _dry_run(table, data, tmp_path, **env):
+    return subprocess.run(["bash", SCRIPT, table, data, "", "", "--batch_size", "32"], capture_output=True, text=True,
+                          cwd=tmp_path, env=_env(DRY_RUN="1", **env), timeout=60)
+
+
+def _ranks(stdout):
+    out = {}
+    for line in stdout.splitlines():
+        if "RANK_TABLE_FILE=" in line:
+            fields = dict(kv.split("=", 1) for kv in line.split(": ", 1)[1].split())
+            out[int(fields["RANK_ID"])] = fields
+    return out
+
+
+def test_eight_devices_one_server(tmp_path):
+    table = _table(tmp_path, "rt8.json", [("10.0.0.1", 8)])
+    proc = _dry_run(table, str(tmp_path), tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    ranks = _ranks(proc.stdout)
+    assert sorted(ranks) == list(range(8))
+    assert all(r["DEVICE_ID"] == str(k) and r["RANK_SIZE"] == "8" for k, r in ranks.items())
+    assert len({r["cwd"] for r in ranks.values()}) == 8
+    assert proc.stdout.count("--run_distribute true --device_num 8") == 8 and "--batch_size 32" in proc.stdout
+
+
+def test_sixteen_devices_two_servers_picks_this_server(tmp_path):
+    table = _table(tmp_path, "rt16.json", [("10.0.0.1", 8), ("10.0.0.2", 8)])
+    proc = _dry_run(table, str(tmp_path), tmp_path, SERVER_ID="10.0.0.2")
+    assert proc.returncode == 0, proc.stderr
+    ranks = _ranks(proc.stdout)
+    assert sorted(ranks) == list(range(8, 16))
+    assert all(r["DEVICE_ID"] == str(k - 8) and r["RANK_SIZE"] == "16" for k, r in ranks.items())
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda t: "{not json", "not valid JSON"),
+    (lambda t: {k: v for k, v in t.items() if k != "version"}, "missing key 'version'"),
+    (lambda t: {**t, "server_count": "3"}, "'server_count' is 3 but 'server_list' has 2 servers"),
+    (lambda t: _set_rank(t, 1, "0"), "rank_id 0 appears more than once"),
+    (lambda t: _set_rank(t, 1, "99"), "without gaps"),
+    (lambda t: _drop_key(t, "device_ip"), "has no 'device_ip'"),
+])
+def test_bad_tables_are_rejected_with_a_clear_line(tmp_path, mutate, message):
+    good = json.load(open(_table(tmp_path, "good.json", [("10.0.0.1", 8), ("10.0.0.2", 8)])))
+    bad = mutate(good)
+    path = tmp_path / "bad.json"
+    path.write_text(bad if isinstance(bad, str) else json.dumps(bad))
+    proc = _dry_run(str(path), str(tmp_path), tmp_path, SERVER_ID="10.0.0.1")
+    assert proc.returncode == 2
+    errors = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0] and "bad.json" in errors[0], proc.stderr
+    assert "rank 0:" not in proc.stdout
+
+
+def test_unknown_server_and_missing_data_are_rejected(tmp_path):
+    table = _table(tmp_path, "rt16.json", [("10.0.0.1", 8), ("10.0.0.2", 8)])
+    proc = _dry_run(table, str(tmp_path), tmp_path, SERVER_ID="10.9.9.9")
+    assert proc.returncode == 2 and "no server with server_id '10.9.9.9'" in proc.stderr
+    proc = _dry_run(table, str(tmp_path / "nope"), tmp_path, SERVER_ID="10.0.0.1")
+    assert proc.returncode == 2 and "data folder not found" in proc.stderr
+
+
+def _set_rank(table, index, value):
+    table["server_list"][0]["device"][index]["rank_id"] = value
+    return table
+
+
+def _drop_key(table, key):
+    del table["server_list"][1]["device"][3][key]
+    return table
