@@ -48,6 +48,8 @@ def main(argv=None):
     rank, group = runtime.setup(cfg)
     out = prepare_output(cfg, rank)
     log = Logger(out, rank, group, "train")
+    if group > 1:
+        log.everywhere(f"rank {rank} of {group}: pid {os.getpid()}")  # lets the launcher name a dead rank
     if rank == 0:
         save_config(cfg, os.path.join(out, "config.yaml"))
 

@@ -24,6 +24,26 @@ if ! command -v msrun >/dev/null 2>&1; then
   exit 2
 fi
 echo "msrun: $WORKER_NUM workers ($LOCAL_WORKER_NUM here, node $NODE_RANK), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR"
-exec msrun --worker_num="$WORKER_NUM" --local_worker_num="$LOCAL_WORKER_NUM" --master_addr="$MASTER_ADDR" \
+mkdir -p "$LOG_DIR"
+set +e
+msrun --worker_num="$WORKER_NUM" --local_worker_num="$LOCAL_WORKER_NUM" --master_addr="$MASTER_ADDR" \
   --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" --log_dir="$LOG_DIR" --join=True \
-  "$ROOT/train.py" --run_distribute true --device_num "$WORKER_NUM" "$@"
+  "$ROOT/train.py" --run_distribute true --device_num "$WORKER_NUM" "$@" 2>&1 | tee "$LOG_DIR/msrun.out"
+STATUS=${PIPESTATUS[0]}
+set -e
+if [ "$STATUS" -ne 0 ]; then
+  # msrun reports "Worker process PID exit with exception. Error code: N"; train.py logged "rank K ...: pid PID".
+  LINE=$(grep -o "Worker process [0-9]* exit with exception. Error code: -\?[0-9]*" "$LOG_DIR/msrun.out" | head -n 1 || true)
+  PID=$(echo "$LINE" | awk '{print $3}')
+  CODE=$(echo "$LINE" | awk '{print $NF}')
+  RANK=""
+  if [ -n "$PID" ]; then
+    RANK=$(grep -ho "rank [0-9]* of [0-9]*: pid $PID\b" "$LOG_DIR"/worker_*.log 2>/dev/null | head -n 1 | awk '{print $2}' || true)
+  fi
+  if [ -n "$RANK" ]; then
+    echo "error: distributed training failed: rank $RANK (pid $PID) exited first with code $CODE; the job was stopped (logs in $LOG_DIR)" >&2
+  else
+    echo "error: distributed training failed (msrun exit $STATUS); logs in $LOG_DIR" >&2
+  fi
+fi
+exit "$STATUS"

@@ -23,6 +23,13 @@ class Logger:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
 
+    def everywhere(self, message):
+        """Print on every rank's console (msrun captures each worker's console in its own log)."""
+        print(f"{self.prefix}{message}", flush=True)
+        if self.path:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + f"{self.prefix}{message}\n")
+
     def warning(self, message):
         if self.console:
             print(f"{self.prefix}warning: {message}", file=sys.stderr, flush=True)

@@ -83,3 +83,42 @@ def test_distributed_eval_equals_single_process(image_data, tmp_path):
     b = last_json("\n".join(l for l in worker0.splitlines() if l.startswith("{")))
     assert a["images"] == b["images"] == 15
     assert a["top1"] == pytest.approx(b["top1"]) and a["top5"] == pytest.approx(b["top5"])
+
+
+def test_a_dead_worker_stops_the_job_and_is_named(tmp_path):
+    """kill -9 one worker mid-training: the launcher exits non-zero in bounded time, naming that rank."""
+    import signal
+    import time
+    out = str(tmp_path / "run")
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(WORKER_NUM="2", MASTER_PORT=str(_free_port()), LOG_DIR=str(tmp_path / "logs"))
+    job = subprocess.Popen(["bash", os.path.join(REPO, "scripts", "run_distribute_train_msrun.sh"), *TINY_ARGS,
+                            "--epoch_size", "1000", "--output_dir", out], cwd=REPO, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        log1 = os.path.join(out, "train_rank1.log")
+        deadline = time.time() + 240
+        while not (os.path.exists(log1) and "step" in open(log1).read()):
+            assert time.time() < deadline and job.poll() is None, "rank 1 never started training"
+            time.sleep(1)
+        pid = None
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cmd = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="ignore")
+                    environ = open(f"/proc/{entry}/environ", "rb").read().decode(errors="ignore").split("\0")
+                except OSError:
+                    continue
+                if out in cmd and "MS_ROLE=MS_WORKER" in environ:
+                    pid = int(entry) if f"pid {entry}" in open(log1).read() else pid
+        assert pid is not None  # the process that logged "rank 1 of 2: pid <pid>"
+        start = time.time()
+        os.kill(pid, signal.SIGKILL)
+        _, stderr = job.communicate(timeout=180)
+        assert job.returncode != 0
+        assert f"rank 1 (pid {pid}) exited first with code -9" in stderr, stderr[-2000:]
+        assert time.time() - start < 180
+    finally:
+        if job.poll() is None:
+            job.kill()
