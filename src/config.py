@@ -26,7 +26,7 @@ EXPLICIT_TYPES = {
     "eval_dataset_path": str,
 }
 # Element types of list-valued keys.
-LIST_ELEMENT_TYPES = {"thor_skip_layers": str}
+LIST_ELEMENT_TYPES = {"thor_skip_layers": str, "all_reduce_fusion_config": int}
 
 CHOICES = {
     "device_target": ("CPU", "GPU", "Ascend"),

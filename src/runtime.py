@@ -34,6 +34,8 @@ def setup(cfg):
         raise UserError(f"config key 'device_num' is {cfg.device_num} but the launcher started {group} processes")
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=group)
+    if cfg.all_reduce_fusion_config:
+        ms.set_auto_parallel_context(all_reduce_fusion_config=list(cfg.all_reduce_fusion_config))
     return rank, group
 
 

@@ -42,6 +42,10 @@ def test_overrides_are_typed():
     assert cfg.lr_max == 0.1 and cfg.run_eval is True and cfg.data_path == "/x"
     assert isinstance(cfg.loss_scale, int) and cfg.loss_scale == 128
     assert parse_args(["--data_path", "null"]).data_path is None
+    lists = parse_args(["--all_reduce_fusion_config", "85,160", "--thor_skip_layers", "end_point,layer4.*"])
+    assert lists.all_reduce_fusion_config == [85, 160] and lists.thor_skip_layers == ["end_point", "layer4.*"]
+    with pytest.raises(UserError, match="all_reduce_fusion_config' expects an integer"):
+        parse_args(["--all_reduce_fusion_config", "85,x"])
 
 
 @pytest.mark.parametrize("argv, fragment", [
