@@ -108,7 +108,7 @@ class ResNet(nn.Cell):
         bound = 1.0 / math.sqrt(in_channel)
         self.end_point = nn.Dense(in_channel, class_num, has_bias=True,
                                   weight_init=HeUniform(negative_slope=math.sqrt(5)),
-                                  bias_init=Uniform(scale=1.0 / math.sqrt(in_channel)))
+                                  bias_init=Uniform(scale=bound))
 
     def construct(self, x):
         x = self.maxpool(self.pool_pad(self.relu(self.bn1(self.conv1(x)))))
