@@ -46,19 +46,20 @@ def main(argv=None):
     dataset, _ = dataset_from_config(cfg, train=False, rank=rank, group_size=group, path=data_path)
     results = []
     cell = LogitsCell(network)  # compiled once, reloaded for each checkpoint
-    for path in files:
-        checkpoint.load_into(network, checkpoint.read(path), path)
+    for i, path in enumerate(files):
+        if i:  # files[0] is already loaded
+            checkpoint.load_into(network, checkpoint.read(path), path)
         with data_errors():
             res = evaluate(cell, dataset, distributed=group > 1)
         res["checkpoint"] = path
         results.append(res)
         say(f"{path}: top1 {res['top1']:.4f} top5 {res['top5']:.4f} images {res['images']} "
-              f"({res['images'] / max(res['seconds'], 1e-9):.1f} img/s)", flush=True)
+            f"({res['images'] / max(res['seconds'], 1e-9):.1f} img/s)", flush=True)
     best = max(results, key=lambda r: r["top1"])
     if len(results) > 1:
         say(f"best: {best['checkpoint']} (top1 {best['top1']:.4f})", flush=True)
     say(json.dumps({"top1": best["top1"], "top5": best["top5"], "images": best["images"],
-                      "checkpoint": best["checkpoint"]}), flush=True)
+                    "checkpoint": best["checkpoint"]}), flush=True)
     return best
 
 

@@ -51,6 +51,14 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def launcher_env(**extra):
+    """Environment for the launchers: this interpreter's bin first on PATH (msrun starts `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
 def last_json(stdout):
     """The last line of ``stdout`` that parses as a JSON object."""
     for line in reversed(stdout.strip().splitlines()):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import mindspore as ms
 
-from conftest import REPO, TINY_ARGS
+from conftest import REPO, TINY_ARGS, launcher_env
 
 pytestmark = pytest.mark.skipif(shutil.which("msrun", path=os.path.dirname(sys.executable)) is None
                                 and shutil.which("msrun") is None, reason="msrun not installed")
@@ -23,9 +23,8 @@ def _free_port():
 
 
 def _msrun(out, *extra, timeout=600):
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")  # msrun starts `python`
-    env.update(WORKER_NUM="2", LOCAL_WORKER_NUM="2", MASTER_PORT=str(_free_port()), LOG_DIR=os.path.join(out, "msrun"))
+    env = launcher_env(WORKER_NUM="2", LOCAL_WORKER_NUM="2", MASTER_PORT=str(_free_port()),
+                       LOG_DIR=os.path.join(out, "msrun"))
     cmd = ["bash", os.path.join(REPO, "scripts", "run_distribute_train_msrun.sh"), *TINY_ARGS,
            "--synthetic_train_images", "48", "--epoch_size", "2", "--checkpoint_all_ranks", "true",
            "--output_dir", out, *extra]
@@ -70,9 +69,7 @@ def test_distributed_eval_equals_single_process(image_data, tmp_path):
     single = subprocess.run([sys.executable, os.path.join(REPO, "eval.py"), "--checkpoint_path", ckpt,
                              "--data_path", val], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(WORKER_NUM="2", MASTER_PORT=str(_free_port()), LOG_DIR=str(tmp_path / "logs"))
+    env = launcher_env(WORKER_NUM="2", MASTER_PORT=str(_free_port()), LOG_DIR=str(tmp_path / "logs"))
     dist = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_eval.sh"), "--checkpoint_path", ckpt,
                            "--data_path", val], cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert dist.returncode == 0, open(tmp_path / "logs" / "worker_0.log").read()[-3000:]
@@ -88,9 +85,7 @@ def test_a_dead_worker_stops_the_job_and_is_named(tmp_path):
     import signal
     import time
     out = str(tmp_path / "run")
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(WORKER_NUM="2", MASTER_PORT=str(_free_port()), LOG_DIR=str(tmp_path / "logs"))
+    env = launcher_env(WORKER_NUM="2", MASTER_PORT=str(_free_port()), LOG_DIR=str(tmp_path / "logs"))
     job = subprocess.Popen(["bash", os.path.join(REPO, "scripts", "run_distribute_train_msrun.sh"), *TINY_ARGS,
                             "--epoch_size", "1000", "--output_dir", out], cwd=REPO, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

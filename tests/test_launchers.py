@@ -6,17 +6,10 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, launcher_env
 
 SCRIPT = os.path.join(REPO, "scripts", "run_distribute_train.sh")
 TABLES = os.path.join(REPO, "scripts", "rank_table.py")
-
-
-def _env(**extra):
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.update(extra)
-    return env
 
 
 def _table(tmp_path, name, servers):
@@ -30,7 +23,7 @@ def _table(tmp_path, name, servers):
 
 def _dry_run(table, data, tmp_path, **env):
     return subprocess.run(["bash", SCRIPT, table, data, "", "", "--batch_size", "32"], capture_output=True, text=True,
-                          cwd=tmp_path, env=_env(DRY_RUN="1", **env), timeout=60)
+                          cwd=tmp_path, env=launcher_env(DRY_RUN="1", **env), timeout=60)
 
 
 def _ranks(stdout):
