@@ -42,6 +42,20 @@ def prepare_output(cfg, rank):
     return out
 
 
+def load_pretrained(network, cfg, log):
+    """Initialise ``network`` from ``cfg.pre_trained`` (weights only). With ``filter_weight`` the classifier
+    is not loaded (fine-tuning to another ``class_num``); without it a classifier of another size is an error."""
+    params = checkpoint.read(cfg.pre_trained)
+    head = "end_point."
+    theirs = params.get(head + "weight")
+    if theirs is not None and not cfg.filter_weight and tuple(theirs.shape)[0] != cfg.class_num:
+        raise UserError(f"{cfg.pre_trained}: classifier has {tuple(theirs.shape)[0]} classes, class_num is "
+                        f"{cfg.class_num}; add --filter_weight true to fine-tune with a new classifier")
+    loaded = checkpoint.load_into(network, params, cfg.pre_trained, skip=(head,) if cfg.filter_weight else ())
+    log(f"initialised {len(loaded)} parameters from {cfg.pre_trained}"
+        + (" (classifier left at its initial value: filter_weight)" if cfg.filter_weight else ""))
+
+
 @cli_main
 def main(argv=None):
     cfg = parse_args(argv)
@@ -62,9 +76,7 @@ def main(argv=None):
 
     network = network_from_config(cfg)
     if cfg.pre_trained:
-        params = checkpoint.read(cfg.pre_trained)
-        checkpoint.load_into(network, params, cfg.pre_trained)
-        log(f"initialised the network from {cfg.pre_trained}")
+        load_pretrained(network, cfg, log)
     lr = lr_from_config(cfg, steps_per_epoch)
     optimizer = create_optimizer(cfg, network, lr)
     train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer,

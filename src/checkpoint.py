@@ -21,8 +21,9 @@ def save(cell, path, epoch, step, cfg):
     """Write ``cell``'s parameters and metadata to ``path`` atomically (temp file + fsync + rename)."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    extras = {"epoch_num": int(epoch), "step_num": int(step), "net_name": cfg.net_name,
-              "class_num": int(cfg.class_num)}
+    extras = {"net_name": cfg.net_name, "class_num": int(cfg.class_num)}
+    if epoch is not None:  # None: a weights-only file (converted or exported weights), not a training state
+        extras.update(epoch_num=int(epoch), step_num=int(step))
     try:
         ms.save_checkpoint(cell, tmp, append_dict=extras, crc_check=True)
         with open(tmp, "rb") as f:

@@ -59,6 +59,15 @@ def _extensions():
     return [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
 
 
+def eval_transforms(image_size, crop_ratio=0.875):
+    """Evaluation preprocessing of a decoded RGB HWC uint8 image: resize the shorter side to
+    ``image_size / crop_ratio``, center-crop ``image_size``, normalise, HWC -> CHW. Shared by the eval
+    pipeline and predict.py (where the ops run eagerly on NumPy arrays)."""
+    resize = int(round(image_size / crop_ratio))
+    return [V.Resize(resize), V.CenterCrop(image_size), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+            V.HWC2CHW()]
+
+
 def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1,
                           crop_ratio=0.875, drop_remainder=None, shuffle=None):
     """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names)."""
@@ -70,11 +79,9 @@ def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, ra
                                  **_sharding(train, shuffle, rank, group_size, sum(counts)))
     if train:
         ops = [V.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333333)),
-               V.RandomHorizontalFlip(prob=0.5)]
+               V.RandomHorizontalFlip(prob=0.5), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
     else:
-        resize = int(round(image_size / crop_ratio))
-        ops = [V.Decode(), V.Resize(resize), V.CenterCrop(image_size)]
-    ops += [V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
+        ops = [V.Decode()] + eval_transforms(image_size, crop_ratio)
     data = data.map(operations=ops, input_columns="image", num_parallel_workers=num_workers)
     data = data.map(operations=T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=num_workers)
     data = data.batch(batch_size, drop_remainder=drop_remainder)

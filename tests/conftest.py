@@ -43,6 +43,17 @@ def image_data(tmp_path_factory):
     return str(root)
 
 
+@pytest.fixture(scope="session")
+def trained(image_data, tmp_path_factory):
+    """The tiny net trained for 2 epochs on the generated folder, evaluated every epoch: (output_dir, proc)."""
+    out = str(tmp_path_factory.mktemp("run"))
+    proc = run_script("train.py", *TINY_ARGS, "--data_path", os.path.join(image_data, "train"),
+                      "--epoch_size", "2", "--save_checkpoint_epochs", "1", "--run_eval", "true",
+                      "--output_dir", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc
+
+
 def run_script(script, *args, cwd=None, timeout=600, env=None):
     """Run a repository script with this interpreter, as a user would; returns CompletedProcess."""
     full_env = dict(os.environ)
@@ -74,6 +85,14 @@ def last_json(stdout):
 def error_lines(stderr):
     """Lines of stderr that our entry points print (``error: ...``)."""
     return [l for l in stderr.splitlines() if l.startswith("error: ")]
+
+
+def fails_cleanly(proc, fragment):
+    """The process exited 2 with exactly one ``error:`` line containing ``fragment`` and no traceback."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = error_lines(proc.stderr)
+    assert len(errors) == 1 and fragment in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ def test_eval_and_export_load_thor_checkpoints(thor_run, tmp_path):
     proc = run_script("eval.py", "--checkpoint_path", ckpt)
     assert proc.returncode == 0, proc.stderr
     assert last_json(proc.stdout)["images"] == 10
-    proc = run_script("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "thor_tiny")
+    proc = run_script("export.py", "--checkpoint_path", ckpt, "--file_name", tmp_path / "thor_tiny", "--verify", "true")
     assert proc.returncode == 0, proc.stderr
+    assert "verify MINDIR: max |exported - checkpoint|" in proc.stdout
     assert os.path.isfile(tmp_path / "thor_tiny.mindir")
