@@ -7,6 +7,7 @@ Every key of default_config.yaml can be given as ``--key value``; ``python train
 """
 import json
 import os
+import shutil
 import sys
 
 import mindspore.dataset as ds
@@ -15,6 +16,7 @@ from mindspore import Model
 from src import checkpoint, runtime
 from src.callbacks import CheckpointSaver, EvalCallback, MetricsFile, TrainMonitor
 from src.config import parse_args, save_config
+from src.datafaults import NativeLogFilter, apply_policy
 from src.dataset import dataset_from_config
 from src.errors import UserError, cli_main, data_errors
 from src.evaluate import LogitsCell, evaluate
@@ -23,6 +25,9 @@ from src.optim import NetWithLoss, apply_amp, create_loss, create_optimizer, cre
 from src.resnet import network_from_config
 from src.schedules import lr_from_config
 from src.thor.trainer import ThorTrainer
+
+
+SCHEDULE_PARAMS = ("learning_rate", "thor.damping")
 
 
 def prepare_output(cfg, rank):
@@ -38,8 +43,29 @@ def prepare_output(cfg, rank):
         raise UserError(f"output_dir {out} is not writable ({exc.strerror})") from None
     if rank == 0 and not cfg.resume_ckpt and checkpoint.list_checkpoints(out, cfg.net_name):
         raise UserError(f"output_dir {out} already holds checkpoints of an earlier run; resume with "
-                        f"--resume_ckpt FILE or choose another --output_dir")
+                        f"--resume_ckpt auto (or FILE), or choose another --output_dir")
     return out
+
+
+def check_free_space(folder, cell, keep):
+    """Stop before training when the output disk cannot hold the checkpoints this run will keep (each one
+    is written beside the previous before it is rotated out, so keep + 1 of them, and the best one)."""
+    need = sum(p.size * p.itemsize for p in cell.get_parameters() if hasattr(p, "itemsize")) * (keep + 2)
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise UserError(f"output_dir {folder}: {free / 2**20:.0f} MiB free, but {keep} checkpoints of this run need "
+                        f"about {need / 2**20:.0f} MiB; free space, lower keep_checkpoint_max, or choose another "
+                        f"--output_dir")
+    return need
+
+
+def find_resume(cfg, out, log):
+    """``resume_ckpt`` as a file path; ``auto`` picks the newest readable checkpoint in ``out`` (or none)."""
+    if cfg.resume_ckpt != "auto":
+        return cfg.resume_ckpt
+    path = checkpoint.latest_loadable(out, cfg.net_name, warn=log.warning)
+    log(f"resume_ckpt auto: {path or 'no checkpoint in ' + out + ', starting from scratch'}")
+    return path
 
 
 def load_pretrained(network, cfg, log):
@@ -66,10 +92,14 @@ def main(argv=None):
         log.everywhere(f"rank {rank} of {group}: pid {os.getpid()}")  # lets the launcher name a dead rank
     if rank == 0:
         save_config(cfg, os.path.join(out, "config.yaml"))
+        for path in checkpoint.remove_stale_temporaries(out):
+            log.warning(f"removed {path}, a checkpoint that a killed run did not finish writing")
+    resume_path = find_resume(cfg, out, log)
 
-    train_ds, classes = dataset_from_config(cfg, train=True, rank=rank, group_size=group)
+    apply_policy(cfg.bad_images)
+    train_ds, classes = dataset_from_config(cfg, train=True, rank=rank, group_size=group, warn=log.warning)
     steps_per_epoch = train_ds.get_dataset_size()
-    eval_ds = dataset_from_config(cfg, train=False, rank=0, group_size=1)[0] if cfg.run_eval else None
+    eval_ds = dataset_from_config(cfg, train=False, rank=0, group_size=1, warn=log.warning)[0] if cfg.run_eval else None
     if rank == 0:
         with open(os.path.join(out, "class_indexing.json"), "w", encoding="utf-8") as f:
             json.dump({name: i for i, name in enumerate(classes)}, f, indent=1)
@@ -82,25 +112,42 @@ def main(argv=None):
     train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer,
                                    steps_per_epoch)
 
+    damping = optimizer.damping.asnumpy() if isinstance(train_cell, ThorTrainer) else None
+
+    def state_at(step):
+        """The schedule position saved with a checkpoint: lr (and damping) of the next step."""
+        i = min(step, len(lr) - 1)
+        return {"lr": float(lr[i]), **({"damping": float(damping[i])} if damping is not None else {})}
+
     initial_epoch = 0
-    if cfg.resume_ckpt:
-        params = checkpoint.read(cfg.resume_ckpt)
+    if resume_path:
+        params = checkpoint.read(resume_path)
         info = checkpoint.meta(params)
         if info["epoch_num"] is None:
-            raise UserError(f"{cfg.resume_ckpt}: no epoch recorded; not a training checkpoint of this repository")
-        checkpoint.load_into(train_cell, params, cfg.resume_ckpt)
+            raise UserError(f"{resume_path}: no epoch recorded; not a training checkpoint of this repository")
+        # The lr and damping arrays are rebuilt from the config (their length follows epoch_size, so a run can
+        # be extended); the position in them is the optimizer's global step, restored with the rest.
+        checkpoint.load_into(train_cell, params, resume_path, skip=SCHEDULE_PARAMS)
         initial_epoch = int(info["epoch_num"])
         if info["step_num"] != initial_epoch * steps_per_epoch:
-            raise UserError(f"{cfg.resume_ckpt}: saved at step {info['step_num']} of epoch {initial_epoch}, which does "
+            raise UserError(f"{resume_path}: saved at step {info['step_num']} of epoch {initial_epoch}, which does "
                             f"not match {steps_per_epoch} steps per epoch of this dataset and batch_size")
         if initial_epoch >= cfg.epoch_size:
-            raise UserError(f"{cfg.resume_ckpt}: already at epoch {initial_epoch} of epoch_size {cfg.epoch_size}")
+            raise UserError(f"{resume_path}: already at epoch {initial_epoch} of epoch_size {cfg.epoch_size}")
+        now = state_at(info["step_num"])
+        for key in ("lr", "damping"):  # a changed recipe is allowed, but said out loud
+            if info.get(key) is not None and key in now and abs(info[key] - now[key]) > 1e-6 * max(abs(now[key]), 1e-12):
+                log.warning(f"{key} at step {info['step_num']} is {now[key]:.6g} with this config, {info[key]:.6g} in "
+                            f"{resume_path}: the schedule changed since the checkpoint")
+        if isinstance(train_cell, ThorTrainer):
+            train_cell.sync_counters()
         # Continue the data order where the run stopped: the shuffle state is restored and the samples already
         # seen are skipped without decoding them (random crops then differ from an uninterrupted run), or
         # with resume_replay_data the pipeline is replayed so that they repeat bit for bit.
         ds.config.set_fast_recovery(not cfg.resume_replay_data)
         train_ds.set_init_step(info["step_num"])
-        log(f"resumed from {cfg.resume_ckpt} at epoch {initial_epoch} (global step {info['step_num']})")
+        log(f"resumed from {resume_path} at epoch {initial_epoch} (global step {info['step_num']}, "
+            + ", ".join(f"{k} {v:.6g}" for k, v in now.items()) + ")")
 
     global_batch = cfg.batch_size * group
     n_params = sum(p.size for p in network.trainable_params())
@@ -114,42 +161,47 @@ def main(argv=None):
         updates = int(train_cell.update_flags.sum())
         log(f"THOR: {layers} preconditioned layers, split_dim {cfg.split_dim}, {cfg.thor_mode} mode, "
             f"{updates} update steps in {len(train_cell.update_flags)}, state {optimizer.state_bytes() / 2**20:.1f} MiB")
-        damping = optimizer.damping.asnumpy()
+        train_cell.warn = log.warning
 
-        def extra():
+        def thor_fields():
             info = {"damping": float(damping[min(train_cell.global_step(), len(damping) - 1)])}
             if train_cell.last_update is not None:
                 info["thor_refreshed"] = f"{train_cell.last_update[1]}/{layers}@{train_cell.last_update[0]}"
             return info
+        extra = thor_fields
 
     metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
     monitor = TrainMonitor(lr, steps_per_epoch, cfg.epoch_size, global_batch, cfg.log_interval, metrics, log,
-                           extra=extra)
+                           extra=extra, overflow_stop=cfg.overflow_stop_steps)
     callbacks = [monitor]
     ckpt_dir = out if rank == 0 else None
     if group > 1 and cfg.checkpoint_all_ranks:
         ckpt_dir = os.path.join(out, f"rank_{rank}")
         os.makedirs(ckpt_dir, exist_ok=True)
     if cfg.save_checkpoint and ckpt_dir:
+        check_free_space(ckpt_dir, train_cell, cfg.keep_checkpoint_max)
         callbacks.append(CheckpointSaver(train_cell, ckpt_dir, cfg.net_name, cfg.save_checkpoint_epochs,
-                                         cfg.keep_checkpoint_max, cfg.epoch_size, steps_per_epoch, cfg, log))
+                                         cfg.keep_checkpoint_max, cfg.epoch_size, steps_per_epoch, cfg, log,
+                                         meta_at=state_at))
     evaluator = None
     if cfg.run_eval and rank == 0:
         eval_cell = LogitsCell(network)
         evaluator = EvalCallback(lambda: evaluate(eval_cell, eval_ds, network), cfg.eval_interval, cfg.epoch_size,
                                  steps_per_epoch, train_cell, out, cfg.net_name, cfg, metrics, log,
-                                 save_best=cfg.save_checkpoint)
+                                 save_best=cfg.save_checkpoint, meta_at=state_at)
         callbacks.append(evaluator)
 
     model = Model(train_cell)
-    with data_errors():
+    native = NativeLogFilter(lambda path, reason: log.warning(f"skipped unreadable image {path} ({reason})",
+                                                              write=native.write))
+    with data_errors(), native:
         model.train(cfg.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=cfg.dataset_sink_mode,
                     initial_epoch=initial_epoch)
 
     summary = {"epochs": cfg.epoch_size, "steps": cfg.epoch_size * steps_per_epoch,
                "loss": monitor.history[-1]["loss"] if monitor.history else None,
                "img_per_s": monitor.history[-1]["img_per_s"] if monitor.history else None,
-               "overflow_steps": monitor.overflows}
+               "overflow_steps": monitor.overflows, "bad_images_skipped": native.count()}
     if evaluator and evaluator.results:
         last = evaluator.results[-1]
         summary.update(top1=last["top1"], top5=last["top5"], images=last["images"],

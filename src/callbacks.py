@@ -35,12 +35,15 @@ def _fmt_eta(seconds):
 
 class TrainMonitor(Callback):
     """Prints ``epoch/step, loss, lr, ms/step, img/s, ETA`` every ``log_interval`` steps and a summary per
-    epoch; records both in the metrics file. img/s counts images of all devices. A non-finite loss in a
-    step that was not a loss-scale overflow stops training with a message naming the step."""
+    epoch; records both in the metrics file. img/s counts images of all devices. A non-finite loss stops
+    training with a message naming the step; a step with non-finite gradients (loss-scale overflow) is
+    skipped by the train step and counted here, and ``overflow_stop`` of them in a row stop training."""
 
     def __init__(self, lr, steps_per_epoch, total_epochs, global_batch, log_interval, metrics, log=print,
-                 extra=None):
+                 extra=None, overflow_stop=0):
         super().__init__()
+        self.overflow_stop = overflow_stop  # stop after this many overflow steps in a row (0 = never)
+        self.overflow_run = 0
         self.lr = lr
         self.spe = steps_per_epoch
         self.total_epochs = total_epochs
@@ -70,14 +73,21 @@ class TrainMonitor(Callback):
         step_in_epoch = self.step_in_epoch
         step = (epoch - 1) * self.spe + step_in_epoch  # global, 1-based
         self.window_steps += 1
-        if overflow:
-            self.overflows += 1
-            self.epoch_overflows += 1
-        elif not math.isfinite(loss):
+        if not math.isfinite(loss):  # the forward loss itself: no loss scale can fix this
             run_context.request_stop()
             raise UserError(f"loss is {loss} at epoch {epoch} step {step_in_epoch} (global step {step}); "
                             f"training stopped, the last checkpoint is kept (try a lower lr_max)")
+        if overflow:
+            self.overflows += 1
+            self.epoch_overflows += 1
+            self.overflow_run += 1
+            if self.overflow_stop and self.overflow_run >= self.overflow_stop:
+                run_context.request_stop()
+                raise UserError(f"gradients were non-finite in {self.overflow_run} steps in a row (up to global step "
+                                f"{step}, loss {loss:.4g}); training stopped, the last checkpoint is kept (lower "
+                                f"loss_scale or use loss_scale_mode dynamic, or lower lr_max)")
         else:
+            self.overflow_run = 0
             self.losses.append(loss)
         if step_in_epoch % self.log_interval == 0 or step_in_epoch == self.spe:
             now = time.time()
@@ -113,8 +123,10 @@ class CheckpointSaver(Callback):
     """Every ``every`` epochs and after the last one: ``<prefix>-<epoch>_<step>.ckpt`` written atomically,
     keeping the newest ``keep_max``."""
 
-    def __init__(self, cell, folder, prefix, every, keep_max, total_epochs, steps_per_epoch, cfg, log=print):
+    def __init__(self, cell, folder, prefix, every, keep_max, total_epochs, steps_per_epoch, cfg, log=print,
+                 meta_at=None):
         super().__init__()
+        self.meta_at = meta_at or (lambda step: {})  # extra metadata for the state at a global step
         self.spe = steps_per_epoch
         self.cell = cell
         self.folder = folder
@@ -133,7 +145,7 @@ class CheckpointSaver(Callback):
             return
         step = epoch * self.spe
         path = os.path.join(self.folder, f"{self.prefix}-{epoch}_{step}.ckpt")
-        checkpoint.save(self.cell, path, epoch, step, self.cfg)
+        checkpoint.save(self.cell, path, epoch, step, self.cfg, self.meta_at(step))
         self.last = path
         self.log(f"saved checkpoint {path}")
         old = checkpoint.list_checkpoints(self.folder, self.prefix)
@@ -146,8 +158,9 @@ class EvalCallback(Callback):
     recorded; the best top-1 so far is saved as ``<prefix>-best.ckpt``."""
 
     def __init__(self, eval_fn, interval, total_epochs, steps_per_epoch, cell, folder, prefix, cfg, metrics,
-                 log=print, save_best=True):
+                 log=print, save_best=True, meta_at=None):
         super().__init__()
+        self.meta_at = meta_at or (lambda step: {})
         self.spe = steps_per_epoch
         self.eval_fn = eval_fn
         self.interval = interval
@@ -180,4 +193,4 @@ class EvalCallback(Callback):
                            loss=res["loss"], images=res["images"], best=improved)
         if improved and self.save_best:
             path = os.path.join(self.folder, f"{self.prefix}-best.ckpt")
-            checkpoint.save(self.cell, path, epoch, epoch * self.spe, self.cfg)
+            checkpoint.save(self.cell, path, epoch, epoch * self.spe, self.cfg, self.meta_at(epoch * self.spe))

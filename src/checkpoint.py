@@ -14,25 +14,83 @@ import mindspore as ms
 
 from src.errors import UserError
 
-META_KEYS = ("epoch_num", "step_num", "net_name", "class_num")
+META_KEYS = ("epoch_num", "step_num", "net_name", "class_num", "lr", "damping", "config")
+TMP_PREFIX = ".tmp-"
 
 
-def save(cell, path, epoch, step, cfg):
-    """Write ``cell``'s parameters and metadata to ``path`` atomically (temp file + fsync + rename)."""
+def save(cell, path, epoch, step, cfg, extra=None):
+    """Write ``cell``'s parameters and metadata to ``path`` atomically (temp file + fsync + rename).
+
+    The metadata: ``net_name``, ``class_num``, the resolved config as YAML text (``config``), and for a
+    training state ``epoch_num``, ``step_num`` plus ``extra`` (train.py adds the lr and THOR damping of the
+    next step). A failed write (disk full, file size limit) removes the temporary file, leaves every
+    earlier checkpoint as it was and raises a UserError."""
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    extras = {"net_name": cfg.net_name, "class_num": int(cfg.class_num)}
+    tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
+    extras = {"net_name": cfg.net_name, "class_num": int(cfg.class_num), "config": config_text(cfg)}
     if epoch is not None:  # None: a weights-only file (converted or exported weights), not a training state
         extras.update(epoch_num=int(epoch), step_num=int(step))
+        extras.update(extra or {})
     try:
         ms.save_checkpoint(cell, tmp, append_dict=extras, crc_check=True)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0][:200]
+        raise UserError(f"could not write checkpoint {path} ({reason}); earlier checkpoints are kept") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        # MindSpore writes through its own "<name>.tmp" first and may leave it behind when the write fails
+        for leftover in (tmp, os.path.splitext(tmp)[0] + ".tmp"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
     return path
+
+
+def config_text(cfg):
+    import yaml
+    plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k != "config_path"}
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
+def remove_stale_temporaries(folder):
+    """Delete temporary checkpoint files left by a process that was killed while writing (their pid is
+    gone). Returns the removed paths."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, TMP_PREFIX + "*")):
+        m = re.match(re.escape(TMP_PREFIX) + r"(\d+)-", os.path.basename(path))
+        if not m or _alive(int(m.group(1))):
+            continue
+        os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid):
+    """Whether another running process has this pid (called at start-up, before this process writes)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def latest_loadable(folder, prefix, warn=print):
+    """The newest periodic checkpoint in ``folder`` that reads back (CRC checked), or None. Unreadable
+    ones (e.g. cut by a crash outside this code) are named in a warning and skipped, never deleted."""
+    for path in reversed(list_checkpoints(folder, prefix)):
+        try:
+            params = read(path)
+        except UserError as exc:
+            warn(f"skipping {exc}")
+            continue
+        if meta(params)["epoch_num"] is not None:
+            return path
+    return None
 
 
 def read(path):

@@ -37,6 +37,7 @@ CHOICES = {
     "lr_decay_mode": ("linear", "cosine", "steps", "poly", "constant", "thor"),
     "loss_scale_mode": ("fixed", "dynamic"),
     "thor_mode": ("fixed", "trace"),
+    "bad_images": ("stop", "skip"),
 }
 
 # (key, predicate, description) checked after all overrides are applied.
@@ -66,6 +67,7 @@ RANGE_CHECKS = [
     ("label_smooth_factor", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     ("loss_scale", lambda v: v >= 1, "must be >= 1"),
     ("loss_scale_window", lambda v: v >= 1, "must be >= 1"),
+    ("overflow_stop_steps", lambda v: v >= 0, "must be >= 0"),
     ("save_checkpoint_epochs", lambda v: v >= 1, "must be >= 1"),
     ("keep_checkpoint_max", lambda v: v >= 1, "must be >= 1"),
     ("eval_interval", lambda v: v >= 1, "must be >= 1"),
@@ -74,6 +76,7 @@ RANGE_CHECKS = [
     ("damping_init", lambda v: v > 0, "must be > 0"),
     ("damping_decay", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("damping_total_epochs", lambda v: v > 0, "must be > 0"),
+    ("damping_min", lambda v: v > 0, "must be > 0"),
     ("split_dim", lambda v: v >= 0, "must be >= 0"),
     ("factor_decay", lambda v: 0.0 <= v < 1.0, "must be in [0, 1)"),
     ("kl_clip", lambda v: v >= 0, "must be >= 0"),
@@ -227,6 +230,9 @@ def validate(cfg):
         raise UserError(f"config key 'warmup_epochs' ({cfg.warmup_epochs}) exceeds 'epoch_size' ({cfg.epoch_size})")
     if cfg.trace_w2 > cfg.trace_w1:
         raise UserError(f"config key 'trace_w2' ({cfg.trace_w2}) must not exceed 'trace_w1' ({cfg.trace_w1})")
+    for key in ("data_path", "eval_dataset_path"):
+        if cfg[key] is not None and not str(cfg[key]).strip():
+            raise UserError(f"config key '{key}' is empty; give a folder or leave it null for synthetic data")
     if cfg.pre_trained and cfg.resume_ckpt:
         raise UserError("config keys 'pre_trained' and 'resume_ckpt' are exclusive: resume already restores weights")
     return cfg

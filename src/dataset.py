@@ -22,10 +22,11 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 
 
 def scan_image_folder(path):
-    """Check an ImageNet-layout folder and return ``(class_names, images_per_class)``.
+    """Check an ImageNet-layout folder and return ``(class_names, images_per_class, empty_files)``.
 
     Raises a UserError naming the folder when it is missing, has no class folders, or a class folder
-    holds no image file (an empty class would silently shift every later label).
+    holds no image file (an empty class would silently shift every later label). Files with other
+    extensions are ignored; zero-byte image files are listed in ``empty_files`` (one stat per file).
     """
     if not path or not os.path.exists(path):
         raise UserError(f"data folder not found: {path}")
@@ -34,14 +35,20 @@ def scan_image_folder(path):
     classes = sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)) and not d.startswith("."))
     if not classes:
         raise UserError(f"{path}: no class folders (expected {path}/<class>/<image>.JPEG)")
-    counts = []
+    counts, empty = [], []
     for name in classes:
         folder = os.path.join(path, name)
-        n = sum(1 for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        n = 0
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
+                    n += 1
+                    if entry.stat().st_size == 0:
+                        empty.append(entry.path)
         if n == 0:
             raise UserError(f"{folder}: class folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         counts.append(n)
-    return classes, counts
+    return classes, counts, sorted(empty)
 
 
 def _sharding(train, shuffle, rank, group_size, num_items):
@@ -69,9 +76,16 @@ def eval_transforms(image_size, crop_ratio=0.875):
 
 
 def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1,
-                          crop_ratio=0.875, drop_remainder=None, shuffle=None):
-    """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names)."""
-    classes, counts = scan_image_folder(path)
+                          crop_ratio=0.875, drop_remainder=None, shuffle=None, bad_images="stop", warn=print):
+    """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names).
+    Zero-byte image files stop here with ``bad_images`` stop, and are announced with skip."""
+    classes, counts, empty = scan_image_folder(path)
+    if empty:
+        more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+        if bad_images == "stop":
+            raise UserError(f"{empty[0]}{more}: empty image file(s) (0 bytes); remove them, or set bad_images skip "
+                            f"(scripts/check_dataset.py lists every bad file)")
+        warn(f"{len(empty)} empty image file(s) in {path} will be skipped: {empty[0]}{more}")
     shuffle = train if shuffle is None else shuffle
     drop_remainder = train if drop_remainder is None else drop_remainder
     data = ds.ImageFolderDataset(path, num_parallel_workers=num_workers, extensions=_extensions(),
@@ -139,7 +153,7 @@ def resolve_eval_path(cfg):
     return None
 
 
-def dataset_from_config(cfg, train, rank=0, group_size=1, path=None):
+def dataset_from_config(cfg, train, rank=0, group_size=1, path=None, warn=print):
     """Factory used by train.py and eval.py. ``path`` overrides the folder; None means synthetic data
     when the config has no data path. Returns (dataset, class_names)."""
     batch = cfg.batch_size if train or not cfg.eval_batch_size else cfg.eval_batch_size
@@ -155,7 +169,8 @@ def dataset_from_config(cfg, train, rank=0, group_size=1, path=None):
     else:
         size = cfg.train_image_size if train else cfg.eval_image_size
         data, classes = create_folder_dataset(path, train, size, batch, cfg.num_parallel_workers, rank,
-                                              group_size, cfg.eval_crop_ratio)
+                                              group_size, cfg.eval_crop_ratio, bad_images=cfg.bad_images,
+                                              warn=warn)
         if len(classes) != cfg.class_num:
             raise UserError(f"{path}: {len(classes)} class folders, but class_num is {cfg.class_num}")
     if train and cfg.max_steps_per_epoch and data.get_dataset_size() > cfg.max_steps_per_epoch:

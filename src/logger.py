@@ -30,9 +30,13 @@ class Logger:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + f"{self.prefix}{message}\n")
 
-    def warning(self, message):
+    def warning(self, message, write=None):
+        """``write``: where the console line goes instead of sys.stderr (the native-log filter's writer)."""
         if self.console:
-            print(f"{self.prefix}warning: {message}", file=sys.stderr, flush=True)
+            if write is not None:
+                write(f"{self.prefix}warning: {message}\n")
+            else:
+                print(f"{self.prefix}warning: {message}", file=sys.stderr, flush=True)
         if self.path:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(time.strftime("%Y-%m-%d %H:%M:%S ") + f"{self.prefix}warning: {message}\n")

@@ -49,7 +49,7 @@ def create_optimizer(cfg, network, lr):
         return nn.Momentum(groups, learning_rate=lr_tensor, momentum=cfg.momentum, loss_scale=1.0)
     steps_per_epoch = len(lr) / cfg.epoch_size
     damping = thor_damping(cfg.damping_init, cfg.damping_decay, cfg.epoch_size, steps_per_epoch,
-                           cfg.damping_total_epochs)
+                           cfg.damping_total_epochs, cfg.damping_min)
     layers = attach(network, cfg.thor_skip_layers, cfg.split_dim)
     opt = Thor(groups, lr_tensor, damping, cfg.momentum, layers, mode=cfg.thor_mode,
                factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2)

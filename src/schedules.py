@@ -63,18 +63,19 @@ def thor_lr(lr_init, lr_decay, lr_end_epoch, decay_epochs, total_epochs, steps_p
     return lrs.astype(np.float32)
 
 
-def thor_damping(damping_init, damping_decay, total_epochs, steps_per_epoch, horizon_epochs=None):
+def thor_damping(damping_init, damping_decay, total_epochs, steps_per_epoch, horizon_epochs=None, floor=0.0):
     """THOR damping per step i with e = (i + 1) / steps_per_epoch:
 
-      damping_i = damping_init * damping_decay ** (min(e, horizon_epochs) / 10)
+      damping_i = max(damping_init * damping_decay ** (min(e, horizon_epochs) / 10), floor)
 
-    ``horizon_epochs`` (the zoo's hard-coded 70) caps e: past it the damping stays constant.
+    ``horizon_epochs`` (the zoo's hard-coded 70) caps e: past it the damping stays constant. ``floor``
+    (config ``damping_min``) keeps the damped factors invertible in float32 whatever the decay.
     """
     total = int(total_epochs * steps_per_epoch)
     e = (np.arange(total, dtype=np.float64) + 1.0) / steps_per_epoch
     if horizon_epochs is not None:
         e = np.minimum(e, horizon_epochs)
-    return (damping_init * damping_decay ** (e / 10.0)).astype(np.float32)
+    return np.maximum(damping_init * damping_decay ** (e / 10.0), floor).astype(np.float32)
 
 
 def lr_from_config(cfg, steps_per_epoch):

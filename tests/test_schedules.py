@@ -55,6 +55,9 @@ def test_thor_damping_by_hand_and_horizon():
     np.testing.assert_allclose(d[[0, 9, 19, 29]], [0.03 * 0.5 ** 0.1, 0.015, 0.0075, 0.00375], rtol=1e-5)
     capped = thor_damping(0.03, 0.5, 30, 1, horizon_epochs=20)
     np.testing.assert_allclose(capped[19:], 0.0075, rtol=1e-5)
+    floored = thor_damping(0.03, 0.5, 30, 1, floor=0.01)  # 0.03 * 0.5^(e/10) < 0.01 from e = 16 (0.0099)
+    np.testing.assert_allclose(floored[[0, 9, 14, 15, 29]], [0.03 * 0.5 ** 0.1, 0.015, 0.03 * 0.5 ** 1.5, 0.01, 0.01],
+                               rtol=1e-5)
 
 
 def test_lr_from_config_uses_the_mode(tiny_cfg):

@@ -270,3 +270,26 @@ def test_thor_beats_momentum_in_the_same_steps():
     print(f"last-20-step mean loss: THOR (lr 0.03) {thor:.3f}; Momentum "
           + ", ".join(f"(lr {lr}) {v:.3f}" for lr, v in momentum.items()))
     assert thor < 0.85 * min(momentum.values()), (thor, momentum)
+
+
+def test_non_finite_factor_keeps_the_last_good_inverse():
+    """An activation spike makes A of the conv layer overflow (x^2 > float32 max) while the gradients stay
+    finite: that layer keeps its last good factor and inverse, the other layer refreshes, the step stays
+    finite, and the event is counted and reported."""
+    net, opt, trainer = _build(0, lr=0.01, steps=2, frequency=1)
+    warnings = []
+    trainer.warn = warnings.append
+    trainer(*map(Tensor, _data(seed=0)))
+    good_a, good_inv, fc_inv = opt.a_avg[0].asnumpy().copy(), opt.a_inv[0].asnumpy().copy(), opt.g_inv[1].asnumpy().copy()
+    assert np.isfinite(good_inv).all() and np.allclose(good_a, good_a.transpose(0, 2, 1))
+    x, y = _data(seed=1)
+    x[0, 0, 2, 2] = 1e20
+    loss, overflow, _ = trainer(Tensor(x), Tensor(y))
+    assert not bool(overflow.asnumpy())  # gradients were finite: the step was taken
+    assert not np.isfinite(opt.a_stat[0].asnumpy()).all()  # the captured statistic did overflow
+    np.testing.assert_array_equal(opt.a_avg[0].asnumpy(), good_a)
+    np.testing.assert_array_equal(opt.a_inv[0].asnumpy(), good_inv)
+    assert not np.array_equal(opt.g_inv[1].asnumpy(), fc_inv)  # the fc layer refreshed
+    assert int(opt.thor_nonfinite.asnumpy()) == 1 and trainer.last_update == (1, 1)
+    assert all(np.isfinite(p.asnumpy()).all() for p in net.trainable_params())
+    assert len(warnings) == 1 and "1 layer(s) had non-finite factors" in warnings[0]

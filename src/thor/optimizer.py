@@ -7,8 +7,10 @@ Per preconditioned layer l (Conv2d/Dense weight W_l; see capture.py for A and G)
                                           across ranks)
   A_l^-1 <- (A_l + sqrt(lambda) I)^-1,   G_l^-1 <- (G_l + sqrt(lambda) I)^-1      (per diagonal block)
 
-  lambda is the damping of the step (damping_i = damping_init * damping_decay^(e/10), schedules.py).
-  A non-finite new inverse is not used: the layer keeps its last good inverse.
+  lambda is the damping of the step (damping_i = max(damping_init * damping_decay^(e/10), damping_min),
+  schedules.py). The factors are symmetrised ((A + A^T) / 2) before inversion. When a new factor or
+  inverse holds a non-finite value, the layer keeps its last good factors and inverse, and
+  ``thor_nonfinite`` counts the event (the trainer logs a warning).
 
   Trace mode (THOR paper, Chen et al. AAAI 2021), per layer with d = d_in * d_out:
     tr_k   = tr(A_l) * tr(G_l) + lambda * d        = tr(F_k + lambda I)  (tr of a Kronecker product)
@@ -88,6 +90,8 @@ class Thor(nn.Momentum):
                                                      requires_grad=False) for c in layers])  # [seen, frozen]
         self.thor_refreshed = Parameter(Tensor(0, ms.int32), name="thor.refreshed", requires_grad=False)
         self.thor_updates = Parameter(Tensor(0, ms.int32), name="thor.updates", requires_grad=False)
+        # layer refreshes that fell back to the last good factors/inverse because of a non-finite value
+        self.thor_nonfinite = Parameter(Tensor(0, ms.int32), name="thor.nonfinite", requires_grad=False)
 
         self.group_size = 1
         self.allreduce = None
@@ -106,6 +110,7 @@ class Thor(nn.Momentum):
         rho = self.factor_decay
         sqrt_damping = ops.sqrt(damping)
         count = ops.zeros((), ms.float32)
+        bad = ops.zeros((), ms.float32)
         for l in range(self.num_layers):
             a_new = ops.depend(self.a_stat[l], gradients)
             g_new = ops.depend(self.g_stat[l], gradients) * inv_scale2
@@ -121,9 +126,15 @@ class Thor(nn.Momentum):
             else:
                 a = a_new
                 g = g_new
+            # Exactly symmetric factors (summation order can leave A != A^T in the last bits).
+            a = (a + ops.transpose(a, (0, 2, 1))) * 0.5
+            g = (g + ops.transpose(g, (0, 2, 1))) * 0.5
             a_inv = damped_inverse(a, sqrt_damping)
             g_inv = damped_inverse(g, sqrt_damping)
-            refresh = ops.logical_and(ops.isfinite(a_inv).all(), ops.isfinite(g_inv).all())
+            factors_ok = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
+            finite = ops.logical_and(factors_ok, ops.logical_and(ops.isfinite(a_inv).all(),
+                                                                 ops.isfinite(g_inv).all()))
+            refresh = finite
             d_in, d_out = self.dims[l]
             tr_a = block_trace(a, d_in)
             tr_g = block_trace(g, d_out)
@@ -137,7 +148,7 @@ class Thor(nn.Momentum):
                 changed = ops.logical_or(ops.logical_not(seen), delta > self.trace_w1)
                 new_frozen = ops.logical_or(frozen, ops.logical_and(seen, delta < self.trace_w2))
                 refresh = ops.logical_and(refresh, ops.logical_and(changed, ops.logical_not(frozen)))
-            keep_factors = ops.logical_not(frozen)
+            keep_factors = ops.logical_and(ops.logical_not(frozen), factors_ok)
             ops.assign(self.a_avg[l], ops.where(keep_factors, a, self.a_avg[l]))
             ops.assign(self.g_avg[l], ops.where(keep_factors, g, self.g_avg[l]))
             ops.assign(self.a_inv[l], ops.where(refresh, a_inv, self.a_inv[l]))
@@ -146,7 +157,9 @@ class Thor(nn.Momentum):
             ops.assign(self.layer_flags[l], ops.stack([ops.ones((), ms.float32),
                                                        ops.cast(new_frozen, ms.float32)]))
             count = count + ops.cast(refresh, ms.float32)
+            bad = bad + ops.cast(ops.logical_not(finite), ms.float32)
         ops.assign(self.thor_updates, self.thor_updates + 1)
+        ops.assign(self.thor_nonfinite, self.thor_nonfinite + ops.cast(bad, ms.int32))
         return ops.assign(self.thor_refreshed, ops.cast(count, ms.int32))
 
     def _precondition(self, gradients):

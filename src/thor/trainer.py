@@ -28,6 +28,12 @@ class ThorTrainer(nn.Cell):
         object.__setattr__(self, "_thor_layers", tuple(layers))  # plain attribute: not registered as sub-cells
         self.update_flags = np.asarray(update_flags, bool)
         self.last_update = None  # (global_step, layers refreshed) of the latest update step
+        self.nonfinite_seen = 0  # thor_nonfinite already reported (restored from a checkpoint on resume)
+        self.warn = print  # train.py sets its logger's warning
+
+    def sync_counters(self):
+        """Call after loading a checkpoint: non-finite events before it are not reported again."""
+        self.nonfinite_seen = int(self.optimizer.thor_nonfinite.asnumpy())
 
     def global_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
@@ -49,6 +55,11 @@ class ThorTrainer(nn.Cell):
         finally:
             self._set(False)
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
+        nonfinite = int(self.optimizer.thor_nonfinite.asnumpy())
+        if nonfinite > self.nonfinite_seen:
+            self.warn(f"THOR step {step}: {nonfinite - self.nonfinite_seen} layer(s) had non-finite factors or "
+                      f"inverses and kept their last good ones ({nonfinite} so far)")
+            self.nonfinite_seen = nonfinite
         return out
 
     def construct(self, image, label):  # pragma: no cover - dispatch happens in __call__
