@@ -40,8 +40,12 @@ if [ "$STATUS" -ne 0 ]; then
   if [ -n "$PID" ]; then
     RANK=$(grep -ho "rank [0-9]* of [0-9]*: pid $PID\b" "$LOG_DIR"/worker_*.log 2>/dev/null | head -n 1 | awk '{print $2}' || true)
   fi
+  HINT=""
+  if [ "$CODE" = "-8" ]; then
+    HINT=" (SIGFPE: MindSpore's JPEG decoder crashes on some truncated files; run scripts/check_dataset.py on the data)"
+  fi
   if [ -n "$RANK" ]; then
-    echo "error: distributed training failed: rank $RANK (pid $PID) exited first with code $CODE; the job was stopped (logs in $LOG_DIR)" >&2
+    echo "error: distributed training failed: rank $RANK (pid $PID) exited first with code $CODE$HINT; the job was stopped (logs in $LOG_DIR)" >&2
   else
     echo "error: distributed training failed (msrun exit $STATUS); logs in $LOG_DIR" >&2
   fi

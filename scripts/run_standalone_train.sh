@@ -5,4 +5,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEVICE_ID="${DEVICE_ID:-0}"
-exec "${PYTHON:-python}" "$ROOT/train.py" "$@"
+set +e
+"${PYTHON:-python}" "$ROOT/train.py" "$@"
+STATUS=$?
+if [ "$STATUS" -eq 136 ]; then
+  echo "error: train.py was killed by SIGFPE: MindSpore's JPEG decoder crashes on some truncated files; run scripts/check_dataset.py on the data, then resume with --resume_ckpt auto" >&2
+fi
+exit "$STATUS"
