@@ -53,6 +53,7 @@ RANGE_CHECKS = [
     ("train_image_size", lambda v: v >= 8, "must be >= 8"),
     ("eval_image_size", lambda v: v >= 8, "must be >= 8"),
     ("eval_crop_ratio", lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
+    ("crop_scale_min", lambda v: 0.0 < v <= 1.0, "must be in (0, 1]"),
     ("synthetic_train_images", lambda v: v >= 1, "must be >= 1"),
     ("synthetic_eval_images", lambda v: v >= 1, "must be >= 1"),
     ("lr_init", lambda v: v >= 0, "must be >= 0"),

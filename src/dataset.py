@@ -1,6 +1,6 @@
 """Input pipelines: ImageNet-layout folders (``DIR/<class>/*.JPEG``) and a synthetic, learnable source.
 
-Train: RandomCropDecodeResize(size, scale 0.08-1, ratio 3/4-4/3) -> RandomHorizontalFlip -> Normalize
+Train: RandomCropDecodeResize(size, scale crop_scale_min-1 (0.08 by default), ratio 3/4-4/3) -> RandomHorizontalFlip -> Normalize
 (ImageNet mean/std) -> HWC2CHW, batches of ``batch_size`` with the remainder dropped.
 Eval: Decode -> Resize(size / crop_ratio) -> CenterCrop(size) -> Normalize -> HWC2CHW; the last
 partial batch is kept, so every image of the split is scored.
@@ -76,7 +76,8 @@ def eval_transforms(image_size, crop_ratio=0.875):
 
 
 def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1,
-                          crop_ratio=0.875, drop_remainder=None, shuffle=None, bad_images="stop", warn=print):
+                          crop_ratio=0.875, drop_remainder=None, shuffle=None, bad_images="stop", warn=print,
+                          crop_scale_min=0.08):
     """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names).
     Zero-byte image files stop here with ``bad_images`` stop, and are announced with skip."""
     classes, counts, empty = scan_image_folder(path)
@@ -92,7 +93,7 @@ def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, ra
                                  class_indexing={c: i for i, c in enumerate(classes)},
                                  **_sharding(train, shuffle, rank, group_size, sum(counts)))
     if train:
-        ops = [V.RandomCropDecodeResize(image_size, scale=(0.08, 1.0), ratio=(0.75, 1.333333)),
+        ops = [V.RandomCropDecodeResize(image_size, scale=(crop_scale_min, 1.0), ratio=(0.75, 1.333333)),
                V.RandomHorizontalFlip(prob=0.5), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
     else:
         ops = [V.Decode()] + eval_transforms(image_size, crop_ratio)
@@ -170,7 +171,7 @@ def dataset_from_config(cfg, train, rank=0, group_size=1, path=None, warn=print)
         size = cfg.train_image_size if train else cfg.eval_image_size
         data, classes = create_folder_dataset(path, train, size, batch, cfg.num_parallel_workers, rank,
                                               group_size, cfg.eval_crop_ratio, bad_images=cfg.bad_images,
-                                              warn=warn)
+                                              warn=warn, crop_scale_min=cfg.crop_scale_min)
         if len(classes) != cfg.class_num:
             raise UserError(f"{path}: {len(classes)} class folders, but class_num is {cfg.class_num}")
     if train and cfg.max_steps_per_epoch and data.get_dataset_size() > cfg.max_steps_per_epoch:
