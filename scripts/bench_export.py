@@ -57,6 +57,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device_target", default="CPU")
     parser.add_argument("--output", default="bench_results/export.json")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench_export_")
@@ -67,7 +68,8 @@ def main():
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             child = subprocess.Popen([sys.executable, os.path.join(ROOT, "export.py"), "--checkpoint_path", ckpt,
                                       "--file_format", fmt, "--verify", "true", "--batch_size", str(args.batch_size),
-                                      "--image_size", str(args.image_size), "--file_name",
+                                      "--image_size", str(args.image_size), "--device_target", args.device_target,
+                                      "--file_name",
                                       os.path.join(work, "net")], stdout=out, stderr=err)
             _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
             seconds = time.perf_counter() - start
