@@ -60,12 +60,15 @@ def check_free_space(folder, cell, keep):
 
 
 def find_resume(cfg, out, log):
-    """``resume_ckpt`` as a file path; ``auto`` picks the newest readable checkpoint in ``out`` (or none)."""
+    """``(path, params)`` of the checkpoint to resume from, ``(None, None)`` for a fresh start. ``auto``
+    picks the newest readable checkpoint in ``out`` (or none); a file path is read here."""
+    if not cfg.resume_ckpt:
+        return None, None
     if cfg.resume_ckpt != "auto":
-        return cfg.resume_ckpt
-    path = checkpoint.latest_loadable(out, cfg.net_name, warn=log.warning)
+        return cfg.resume_ckpt, checkpoint.read(cfg.resume_ckpt)
+    path, params = checkpoint.latest_loadable(out, cfg.net_name, warn=log.warning)
     log(f"resume_ckpt auto: {path or 'no checkpoint in ' + out + ', starting from scratch'}")
-    return path
+    return path, params
 
 
 def load_pretrained(network, cfg, log):
@@ -94,7 +97,7 @@ def main(argv=None):
         save_config(cfg, os.path.join(out, "config.yaml"))
         for path in checkpoint.remove_stale_temporaries(out):
             log.warning(f"removed {path}, a checkpoint that a killed run did not finish writing")
-    resume_path = find_resume(cfg, out, log)
+    resume_path, params = find_resume(cfg, out, log)
 
     apply_policy(cfg.bad_images)
     train_ds, classes = dataset_from_config(cfg, train=True, rank=rank, group_size=group, warn=log.warning)
@@ -121,7 +124,6 @@ def main(argv=None):
 
     initial_epoch = 0
     if resume_path:
-        params = checkpoint.read(resume_path)
         info = checkpoint.meta(params)
         if info["epoch_num"] is None:
             raise UserError(f"{resume_path}: no epoch recorded; not a training checkpoint of this repository")

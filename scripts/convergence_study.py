@@ -23,6 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RECIPES = "config/cifar10_momentum.yaml,config/cifar10_thor.yaml,config/cifar10_thor_trace.yaml"
 
 
+def train_command(recipe, data, out, extra=()):
+    """train.py on ``data``/train with evaluation on ``data``/val after every epoch, no checkpoints."""
+    return [sys.executable, os.path.join(ROOT, "train.py"), "--config_path", recipe,
+            "--data_path", os.path.join(data, "train"), "--eval_dataset_path", os.path.join(data, "val"),
+            "--run_eval", "true", "--eval_interval", "1", "--save_checkpoint", "false", "--output_dir", out, *extra]
+
+
 def curve(metrics_path, start):
     """[(epoch, top1, seconds since start)] from a run's metrics.jsonl."""
     events = [json.loads(l) for l in open(metrics_path, encoding="utf-8")]
@@ -108,9 +115,7 @@ def main(argv=None):
         out = os.path.join(args.output_dir, name)
         if os.path.exists(os.path.join(out, "metrics.jsonl")):
             raise SystemExit(f"error: {out} holds an earlier run; choose another --output_dir")
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_path", recipe,
-               "--data_path", os.path.join(args.data, "train"), "--eval_dataset_path", os.path.join(args.data, "val"),
-               "--run_eval", "true", "--eval_interval", "1", "--save_checkpoint", "false", "--output_dir", out, *extra]
+        cmd = train_command(recipe, args.data, out, extra)
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         start = time.time()
         proc = subprocess.run(cmd, cwd=ROOT)

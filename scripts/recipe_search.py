@@ -20,7 +20,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from scripts.convergence_study import curve  # noqa: E402
+from scripts.convergence_study import curve, train_command  # noqa: E402
 
 
 def main(argv=None):
@@ -42,10 +42,7 @@ def main(argv=None):
         tag = "_".join(f"{k}{v}" for k, v in zip(keys, combo))
         out = os.path.join(out_root, tag)
         overrides = [x for k, v in zip(keys, combo) for x in (f"--{k}", v)]
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"), "--config_path", args.recipe,
-               "--data_path", os.path.join(args.data, "train"), "--eval_dataset_path", os.path.join(args.data, "val"),
-               "--run_eval", "true", "--eval_interval", "1", "--save_checkpoint", "false", "--output_dir", out,
-               *extra, *overrides]
+        cmd = train_command(args.recipe, args.data, out, [*extra, *overrides])
         print(f"== {tag}", flush=True)
         start = time.time()
         code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode

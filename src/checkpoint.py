@@ -12,6 +12,7 @@ import re
 
 import mindspore as ms
 
+from src.config import config_yaml
 from src.errors import UserError
 
 META_KEYS = ("epoch_num", "step_num", "net_name", "class_num", "lr", "damping", "config")
@@ -27,7 +28,7 @@ def save(cell, path, epoch, step, cfg, extra=None):
     earlier checkpoint as it was and raises a UserError."""
     folder = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(folder, f"{TMP_PREFIX}{os.getpid()}-{os.path.basename(path)}")
-    extras = {"net_name": cfg.net_name, "class_num": int(cfg.class_num), "config": config_text(cfg)}
+    extras = {"net_name": cfg.net_name, "class_num": int(cfg.class_num), "config": config_yaml(cfg)}
     if epoch is not None:  # None: a weights-only file (converted or exported weights), not a training state
         extras.update(epoch_num=int(epoch), step_num=int(step))
         extras.update(extra or {})
@@ -45,12 +46,6 @@ def save(cell, path, epoch, step, cfg, extra=None):
             if os.path.exists(leftover):
                 os.remove(leftover)
     return path
-
-
-def config_text(cfg):
-    import yaml
-    plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k != "config_path"}
-    return yaml.safe_dump(plain, sort_keys=False)
 
 
 def remove_stale_temporaries(folder):
@@ -80,8 +75,9 @@ def _alive(pid):
 
 
 def latest_loadable(folder, prefix, warn=print):
-    """The newest periodic checkpoint in ``folder`` that reads back (CRC checked), or None. Unreadable
-    ones (e.g. cut by a crash outside this code) are named in a warning and skipped, never deleted."""
+    """``(path, params)`` of the newest periodic checkpoint in ``folder`` that reads back (CRC checked), or
+    ``(None, None)``. Unreadable ones (e.g. cut by a crash outside this code) are named in a warning and
+    skipped, never deleted."""
     for path in reversed(list_checkpoints(folder, prefix)):
         try:
             params = read(path)
@@ -89,8 +85,8 @@ def latest_loadable(folder, prefix, warn=print):
             warn(f"skipping {exc}")
             continue
         if meta(params)["epoch_num"] is not None:
-            return path
-    return None
+            return path, params
+    return None, None
 
 
 def read(path):

@@ -285,11 +285,17 @@ def print_help(default_path=DEFAULT_CONFIG):
         print(f"  --{key:<24} {value!s:<14} {helps.get(key, '')}")
 
 
+def config_yaml(cfg):
+    """The resolved config as YAML text (every key, no ``config_path``): saved beside the outputs and
+    inside every checkpoint."""
+    plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k != "config_path"}
+    return yaml.safe_dump(plain, sort_keys=False)
+
+
 def save_config(cfg, path):
     """Write the resolved config as YAML (atomically), so a run can be reproduced from its outputs."""
-    plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k != "config_path"}
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(f"# resolved configuration (recipe: {cfg.get('config_path', DEFAULT_CONFIG)})\n")
-        yaml.safe_dump(plain, f, sort_keys=False)
+        f.write(config_yaml(cfg))
     os.replace(tmp, path)
