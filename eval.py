@@ -14,10 +14,18 @@ import sys
 
 from src import checkpoint, runtime
 from src.dataset import dataset_from_config
-from src.entry import config_for_checkpoint, pop_option
+from src.entry import Option, config_for_checkpoint, parse_script_args
 from src.errors import UserError, cli_main, data_errors
 from src.evaluate import LogitsCell, evaluate
 from src.resnet import network_from_config
+
+
+USAGE = "eval.py --checkpoint_path CKPT_OR_DIR [--data_path VAL_DIR] [--config_path FILE] [--key value ...]"
+OPTIONS = [
+    Option("checkpoint_path", str, required=True, help="a checkpoint, or a folder: every .ckpt in step order"),
+    Option("data_path", str, help="validation folder (ImageNet layout); default: eval_dataset_path, a 'val' "
+                                  "folder beside the training data, or synthetic data"),
+]
 
 
 def checkpoints_in(path):
@@ -33,17 +41,18 @@ def checkpoints_in(path):
 
 @cli_main
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ckpt_path, argv = pop_option(argv, "checkpoint_path", required=True)
-    data_path, argv = pop_option(argv, "data_path")  # the validation folder (the zoo's convention)
+    opts, argv = parse_script_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__)
+    ckpt_path, data_path = opts.checkpoint_path, opts.data_path  # data_path: the validation folder (zoo style)
     files = checkpoints_in(ckpt_path)
     cfg = config_for_checkpoint(argv, ckpt_path)
     rank, group = runtime.setup(cfg)  # with --run_distribute true under msrun: one shard per rank
     say = print if rank == 0 else (lambda *a, **k: None)
+    for note in runtime.notes():
+        say(note, flush=True)
     network = network_from_config(cfg)
     checkpoint.load_into(network, checkpoint.read(files[0]), files[0])  # fail fast on a mismatch
     # No --data_path: eval_dataset_path, a 'val' folder beside the training data, or synthetic data.
-    dataset, _ = dataset_from_config(cfg, train=False, rank=rank, group_size=group, path=data_path)
+    dataset, _ = dataset_from_config(cfg, train=False, rank=rank, group_size=group, path=data_path, warn=say)
     results = []
     cell = LogitsCell(network)  # compiled once, reloaded for each checkpoint
     for i, path in enumerate(files):

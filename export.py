@@ -16,12 +16,23 @@ import mindspore as ms
 from mindspore import nn
 
 from src import runtime
-from src.entry import config_for_checkpoint, load_network, pop_option
+from src.entry import Option, config_for_checkpoint, load_network, parse_script_args
 from src.errors import UserError, cli_main
 
 FORMATS = {"MINDIR": ".mindir", "AIR": ".air", "ONNX": ".onnx"}
 
 
+USAGE = ("export.py --checkpoint_path CKPT [--file_format MINDIR|AIR|ONNX] [--batch_size 1] [--image_size N] "
+         "[--file_name NAME] [--verify true] [--config_path FILE] [--key value ...]")
+OPTIONS = [
+    Option("checkpoint_path", str, required=True, help="the checkpoint to export"),
+    Option("file_format", str, "MINDIR", help="MINDIR | AIR (Ascend only) | ONNX"),
+    Option("batch_size", int, 1, help="batch dimension of the exported input", check=(lambda v: v >= 1, "must be >= 1")),
+    Option("image_size", int, None, help="input height and width (default: eval_image_size of the config)",
+           check=(lambda v: v >= 8, "must be >= 8")),
+    Option("file_name", str, None, help="output name, extension added (default: the checkpoint's name)"),
+    Option("verify", bool, False, help="load the exported file back and compare its logits with the checkpoint's"),
+]
 TOLERANCE = 1e-4  # float32: max |exported - checkpoint| <= TOLERANCE * max(1, max |logit|)
 
 
@@ -63,30 +74,19 @@ def check_export(network, path, fmt, shape, seed):
 
 @cli_main
 def main(argv=None):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ckpt_path, argv = pop_option(argv, "checkpoint_path", required=True)
-    fmt, argv = pop_option(argv, "file_format", "MINDIR")
-    fmt = fmt.upper()
+    opts, argv = parse_script_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__)
+    ckpt_path, batch, size, name, verify = opts.checkpoint_path, opts.batch_size, opts.image_size, opts.file_name, opts.verify
+    fmt = opts.file_format.upper()
     if fmt not in FORMATS:
-        raise UserError(f"--file_format {fmt!r} is not one of {', '.join(FORMATS)}")
-    batch, argv = pop_option(argv, "batch_size", "1")
-    size, argv = pop_option(argv, "image_size", None)
-    name, argv = pop_option(argv, "file_name", None)
-    verify, argv = pop_option(argv, "verify", "false")
-    verify = verify.lower() in ("true", "1", "yes")
-    try:
-        batch = int(batch)
-        size = int(size) if size is not None else None
-    except ValueError:
-        raise UserError("--batch_size and --image_size expect integers") from None
-    if batch < 1 or (size is not None and size < 8):
-        raise UserError("--batch_size must be >= 1 and --image_size >= 8")
+        raise UserError(f"command line: --file_format {fmt!r} is not one of {', '.join(FORMATS)}")
     if not os.path.isfile(ckpt_path):
         raise UserError(f"checkpoint not found: {ckpt_path}")
     cfg = config_for_checkpoint(argv, ckpt_path)
     if fmt == "AIR" and cfg.device_target != "Ascend":
         raise UserError("--file_format AIR needs the Ascend backend (device_target Ascend); use MINDIR or ONNX here")
     runtime.setup(cfg)
+    for note in runtime.notes():
+        print(note, flush=True)
     size = size or cfg.eval_image_size
     network = load_network(cfg, ckpt_path)
     name = name or os.path.splitext(os.path.basename(ckpt_path))[0]

@@ -17,31 +17,36 @@ import numpy as np
 import mindspore as ms
 
 from src import runtime
-from src.entry import config_for_checkpoint, load_network, pop_option
+from src.entry import Option, config_for_checkpoint, load_network, parse_script_args, print_script_help, wants_help
 from src.errors import UserError, cli_main
 from src.inference import class_names, find_images, preprocess, read_rgb, top_k
 
+USAGE = "predict.py IMAGE_OR_DIR [...] --checkpoint_path CKPT [--top_k 5] [--json true] [--class_map FILE]"
+OPTIONS = [
+    Option("checkpoint_path", str, required=True, help="the checkpoint to classify with"),
+    Option("class_map", str, None, help="class_indexing.json (default: the one beside the checkpoint)"),
+    Option("top_k", int, 5, help="classes printed per image", check=(lambda v: v >= 1, "must be >= 1")),
+    Option("json", bool, False, help="one JSON line per image"),
+]
 BATCH = 16  # images per forward pass (the last batch is padded, so one graph serves every call)
 
 
 @cli_main
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    first_option = next((i for i, a in enumerate(argv) if a.startswith("--")), len(argv))
+    if wants_help(argv):
+        print_script_help(USAGE, OPTIONS, __doc__)
+        sys.exit(0)
+    first_option = next((i for i, a in enumerate(argv) if a.startswith("-")), len(argv))
     inputs, argv = argv[:first_option], argv[first_option:]
     if not inputs:
-        raise UserError("usage: predict.py IMAGE_OR_DIR [...] --checkpoint_path CKPT [--top_k 5] [--json true]")
-    ckpt_path, argv = pop_option(argv, "checkpoint_path", required=True)
-    map_path, argv = pop_option(argv, "class_map")
-    k, argv = pop_option(argv, "top_k", "5")
-    as_json, argv = pop_option(argv, "json", "false")
-    if not k.isdigit() or int(k) < 1:
-        raise UserError(f"--top_k expects a positive integer, got {k!r}")
-    as_json = as_json.lower() in ("true", "1", "yes")
+        raise UserError(f"command line: no image given (usage: {USAGE})")
+    opts, argv = parse_script_args(argv, OPTIONS, USAGE)
+    ckpt_path, map_path, as_json = opts.checkpoint_path, opts.class_map, opts.json
     files = find_images(inputs)
     cfg = config_for_checkpoint(argv, ckpt_path)
     names, _ = class_names(cfg.class_num, ckpt_path, map_path)
-    k = min(int(k), cfg.class_num)
+    k = min(opts.top_k, cfg.class_num)
     runtime.setup(cfg)
     network = load_network(cfg, ckpt_path)
 

@@ -91,6 +91,8 @@ def main(argv=None):
     rank, group = runtime.setup(cfg)
     out = prepare_output(cfg, rank)
     log = Logger(out, rank, group, "train")
+    for note in runtime.notes():
+        log(note)
     if group > 1:
         log.everywhere(f"rank {rank} of {group}: pid {os.getpid()}")  # lets the launcher name a dead rank
     if rank == 0:

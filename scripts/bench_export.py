@@ -60,6 +60,8 @@ def main():
     parser.add_argument("--device_target", default="CPU")
     parser.add_argument("--output", default="bench_results/export.json")
     args = parser.parse_args()
+    from src import host
+    host.apply_isa_cap(args.device_target, "auto")  # for this process and the export.py runs it starts
     work = tempfile.mkdtemp(prefix="bench_export_")
     ckpt = args.checkpoint_path or make_checkpoint(work, args.random_bn.lower() == "true", args.seed)
     rows = []

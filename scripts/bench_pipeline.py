@@ -34,6 +34,7 @@ sys.path.insert(0, ROOT)
 import mindspore as ms  # noqa: E402
 from mindspore import nn  # noqa: E402
 
+from src import host  # noqa: E402
 from src.config import parse_args  # noqa: E402
 from src.dataset import create_folder_dataset  # noqa: E402
 from src.evaluate import LogitsCell  # noqa: E402
@@ -153,6 +154,7 @@ def main(argv=None):
     parser.add_argument("--window", type=int, default=10)
     parser.add_argument("--output", default=os.path.join(ROOT, "bench_results", "pipeline.json"))
     args = parser.parse_args(argv)
+    host.apply_isa_cap(args.device_target, "auto")  # as train.py does, before the first kernel
     ms.set_device(args.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
 

@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 
 import mindspore as ms  # noqa: E402
 
+from src import host  # noqa: E402
 from src.config import parse_args  # noqa: E402
 from src.optim import NetWithLoss, create_loss, create_optimizer, create_train_cell  # noqa: E402
 from src.resnet import network_from_config  # noqa: E402
@@ -67,6 +68,7 @@ def main(argv=None):
     parser.add_argument("--device_target", default="CPU")
     parser.add_argument("--output", default=os.path.join(ROOT, "bench_results", "thor_step_times.json"))
     args = parser.parse_args(argv)
+    host.apply_isa_cap(args.device_target, "auto")  # as train.py does, before the first kernel
     ms.set_device(args.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
 

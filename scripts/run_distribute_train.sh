@@ -50,7 +50,7 @@ while read -r RANK_ID DEVICE_ID RANK_SIZE; do
     echo "rank $RANK_ID: ${CMD[*]}"
   else
     mkdir -p "$WORK"
-    ( cd "$WORK" && RANK_TABLE_FILE="$RANK_TABLE_FILE" RANK_SIZE="$RANK_SIZE" RANK_ID="$RANK_ID" DEVICE_ID="$DEVICE_ID" \
+    ( cd "$WORK" && LOCAL_WORKER_NUM="$LOCAL_RANKS" RANK_TABLE_FILE="$RANK_TABLE_FILE" RANK_SIZE="$RANK_SIZE" RANK_ID="$RANK_ID" DEVICE_ID="$DEVICE_ID" \
         exec "${CMD[@]}" > "$WORK/log" 2>&1 ) &
     PIDS+=($!)
     RANKS+=("$RANK_ID")

@@ -25,6 +25,7 @@ if ! command -v msrun >/dev/null 2>&1; then
 fi
 echo "msrun: $WORKER_NUM workers ($LOCAL_WORKER_NUM here, node $NODE_RANK), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR"
 mkdir -p "$LOG_DIR"
+export LOCAL_WORKER_NUM  # train.py shares the cores among the local ranks (data workers)
 set +e
 msrun --worker_num="$WORKER_NUM" --local_worker_num="$LOCAL_WORKER_NUM" --master_addr="$MASTER_ADDR" \
   --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" --log_dir="$LOG_DIR" --join=True \

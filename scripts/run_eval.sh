@@ -10,6 +10,7 @@ if [ "$WORKER_NUM" -le 1 ]; then
   exec "${PYTHON:-python}" "$ROOT/eval.py" "$@"
 fi
 LOG_DIR="$(realpath -m "${LOG_DIR:-./msrun_eval_log}")"
+export LOCAL_WORKER_NUM="${LOCAL_WORKER_NUM:-$WORKER_NUM}"  # eval.py shares the cores among the local ranks
 msrun --worker_num="$WORKER_NUM" --local_worker_num="${LOCAL_WORKER_NUM:-$WORKER_NUM}" \
   --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${MASTER_PORT:-8119}" --node_rank="${NODE_RANK:-0}" \
   --log_dir="$LOG_DIR" --join=True "$ROOT/eval.py" --run_distribute true "$@"

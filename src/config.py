@@ -16,6 +16,7 @@ import yaml
 from easydict import EasyDict
 
 from src.errors import UserError
+from src.host import SETTINGS as CPU_ISA_SETTINGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "default_config.yaml")
@@ -38,6 +39,7 @@ CHOICES = {
     "loss_scale_mode": ("fixed", "dynamic"),
     "thor_mode": ("fixed", "trace"),
     "bad_images": ("stop", "skip"),
+    "cpu_isa_cap": CPU_ISA_SETTINGS,
 }
 
 # (key, predicate, description) checked after all overrides are applied.
@@ -246,7 +248,7 @@ def parse_args(argv=None, default_path=DEFAULT_CONFIG):
     that also records ``config_path``. Raises UserError for unknown keys, bad types or bad values.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
+    if any(a in ("-h", "--help") for a in argv):
         print_help(default_path)
         sys.exit(0)
     pairs = _split_argv(argv)
@@ -277,10 +279,10 @@ def parse_args(argv=None, default_path=DEFAULT_CONFIG):
     return validate(cfg)
 
 
-def print_help(default_path=DEFAULT_CONFIG):
+def print_help(default_path=DEFAULT_CONFIG, header=None):
     helps = key_help(default_path)
     defaults = load_yaml(default_path)
-    print("usage: [--config_path FILE] [--key value ...]\n\nkeys (default, meaning):")
+    print(header or "usage: train.py [--config_path FILE] [--key value ...]\n\nkeys (default, meaning):")
     for key, value in defaults.items():
         print(f"  --{key:<24} {value!s:<14} {helps.get(key, '')}")
 

@@ -15,6 +15,7 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as V
 
 from src.errors import UserError
+from src.host import worker_budget
 
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
@@ -154,6 +155,9 @@ def resolve_eval_path(cfg):
     return None
 
 
+_SAID = set()
+
+
 def dataset_from_config(cfg, train, rank=0, group_size=1, path=None, warn=print):
     """Factory used by train.py and eval.py. ``path`` overrides the folder; None means synthetic data
     when the config has no data path. Returns (dataset, class_names)."""
@@ -169,7 +173,11 @@ def dataset_from_config(cfg, train, rank=0, group_size=1, path=None, warn=print)
                                                  rank=rank, group_size=group_size)
     else:
         size = cfg.train_image_size if train else cfg.eval_image_size
-        data, classes = create_folder_dataset(path, train, size, batch, cfg.num_parallel_workers, rank,
+        workers, note = worker_budget(cfg.num_parallel_workers)
+        if note and note not in _SAID:  # once per process, not once per pipeline
+            _SAID.add(note)
+            warn(note)
+        data, classes = create_folder_dataset(path, train, size, batch, workers, rank,
                                               group_size, cfg.eval_crop_ratio, bad_images=cfg.bad_images,
                                               warn=warn, crop_scale_min=cfg.crop_scale_min)
         if len(classes) != cfg.class_num:

@@ -1,28 +1,78 @@
 """Helpers shared by eval.py and export.py: script-only options and the network from a checkpoint."""
 import os
+import sys
+
+from easydict import EasyDict
 
 from src import checkpoint
-from src.config import parse_args
+from src.config import coerce, parse_args, print_help
 from src.errors import UserError
 from src.resnet import network_from_config
 
 
-def pop_option(argv, name, default=None, required=False):
-    """Remove ``--name value`` (or ``--name=value``) from ``argv`` and return the value."""
+class Option:
+    """A script-only command-line option (not a config key): ``--name value``, typed like config keys."""
+
+    def __init__(self, name, typ, default=None, help="", required=False, choices=None, check=None):
+        self.name, self.typ, self.default, self.help = name, typ, default, help
+        self.required, self.choices, self.check = required, choices, check
+
+
+def wants_help(argv):
+    return any(a in ("-h", "--help") for a in argv)
+
+
+def print_script_help(usage, options, doc=None):
+    """Usage, the script's own options, then every config key (they are accepted too)."""
+    print(f"usage: {usage}\n")
+    if doc:
+        print(doc.strip().splitlines()[0] + "\n")
+    print("options of this script:")
+    for o in options:
+        default = "required" if o.required else o.default
+        print(f"  --{o.name:<24} {default!s:<14} {o.help}")
+    print()
+    print_help(header="config keys (any key of default_config.yaml; default, meaning):")
+
+
+def parse_script_args(argv, options, usage, doc=None):
+    """Take the script's own ``options`` out of ``argv`` and return ``(values, rest)``.
+
+    Values are converted with the config's typed rules (``--verify ture`` is an error naming the option);
+    ``rest`` holds the remaining ``--key value`` pairs for the config parser. ``-h``/``--help`` anywhere
+    prints the usage, the options and the config keys, then exits 0."""
     argv = list(argv)
+    if wants_help(argv):
+        print_script_help(usage, options, doc)
+        sys.exit(0)
+    values = {}
+    for o in options:
+        raw, argv = _pop(argv, o.name)
+        if raw is None:
+            if o.required:
+                raise UserError(f"command line: --{o.name} is required (usage: {usage})")
+            values[o.name] = o.default
+            continue
+        value = coerce(o.name, raw, o.typ, "command line")
+        if o.choices and value not in o.choices:
+            raise UserError(f"command line: --{o.name} {value!r} is not one of {', '.join(o.choices)}")
+        if o.check and not o.check[0](value):
+            raise UserError(f"command line: --{o.name} {o.check[1]}, got {value!r}")
+        values[o.name] = value
+    return EasyDict(values), argv
+
+
+def _pop(argv, name):
+    """Remove ``--name value`` (or ``--name=value``) from ``argv``; ``(value or None, argv)``."""
     for i, tok in enumerate(argv):
         if tok == f"--{name}":
             if i + 1 >= len(argv):
                 raise UserError(f"command line: --{name} needs a value")
             value = argv[i + 1]
-            del argv[i:i + 2]
-            return value, argv
+            return value, argv[:i] + argv[i + 2:]
         if tok.startswith(f"--{name}="):
-            del argv[i]
-            return tok.split("=", 1)[1], argv
-    if required:
-        raise UserError(f"command line: --{name} is required")
-    return default, argv
+            return tok.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    return None, argv
 
 
 def config_for_checkpoint(argv, ckpt_path):

@@ -6,15 +6,20 @@ import numpy as np
 import mindspore as ms
 import mindspore.dataset as ds
 
+from src import host
 from src.errors import UserError
+
+_NOTES = []
 
 
 def setup(cfg):
     """Configure MindSpore for ``cfg`` and return ``(rank, group_size)``.
 
     With ``run_distribute`` the process must have been started by a launcher (msrun, or a rank table on
-    Ascend); communication is initialised and DATA_PARALLEL with gradient mean is set.
+    Ascend); communication is initialised and DATA_PARALLEL with gradient mean is set. On CPU, oneDNN's ISA
+    cap is decided first (before any kernel exists); what was decided is kept for :func:`notes`.
     """
+    host.apply_isa_cap(cfg.device_target, cfg.cpu_isa_cap, log=_NOTES.append)
     try:
         ms.set_device(cfg.device_target)
     except Exception as exc:  # a backend that this MindSpore build does not have
@@ -37,6 +42,11 @@ def setup(cfg):
     if cfg.all_reduce_fusion_config:
         ms.set_auto_parallel_context(all_reduce_fusion_config=list(cfg.all_reduce_fusion_config))
     return rank, group
+
+
+def notes():
+    """Lines about the host that :func:`setup` decided (the oneDNN cap), for the caller's log."""
+    return list(_NOTES)
 
 
 def seed_everything(seed):

@@ -12,6 +12,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
+from src import host  # noqa: E402
+
+# The tests' own MindSpore kernels run with the cap train.py would choose (decided before any kernel exists);
+# scripts started by the tests inherit it. tests/test_host.py checks the decision with a clean environment.
+host.apply_isa_cap("CPU", "auto", log=None)
+
 # A ResNet-18 of width 4 on 16x16 images: compiles and trains in seconds on 2 cores.
 TINY_ARGS = ["--device_target", "CPU", "--net_name", "resnet18", "--base_width", "4", "--class_num", "3",
              "--train_image_size", "16", "--eval_image_size", "16", "--eval_crop_ratio", "1.0",

@@ -1,0 +1,63 @@
+"""Timing helpers shared by the benchmarks: warm-up, timed windows, median, and the JSON/markdown output."""
+import json
+import os
+import platform
+import statistics
+import time
+
+
+def time_windows(step, warmup=1, runs=5, window=1, budget_s=None, min_runs=1):
+    """Call ``step()`` ``warmup`` times, then time ``runs`` windows of ``window`` calls each.
+
+    ``step`` must block until its work is done (read a result back). With ``budget_s``, stop after the
+    window in which the timed total passes the budget (at least ``min_runs`` windows): a slow path still
+    gets measured without taking minutes. Returns ``(median seconds per call, [seconds per call of
+    each window])``."""
+    for _ in range(warmup):
+        step()
+    times = []
+    spent = 0.0
+    for _ in range(runs):
+        start = time.perf_counter()
+        for _ in range(window):
+            step()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed / window)
+        spent += elapsed
+        if budget_s is not None and spent >= budget_s and len(times) >= min_runs:
+            break
+    return statistics.median(times), times
+
+
+def host_info():
+    """What the numbers were measured on (kept with every result file)."""
+    import mindspore
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "python": platform.python_version(), "mindspore": mindspore.__version__,
+            "onednn_max_cpu_isa": os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")}
+
+
+def write_json(path, payload):
+    """Write ``payload`` as indented JSON, creating the folder; atomically (temp + rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+    os.replace(tmp, path)
+
+
+def markdown_table(header, rows):
+    """A markdown table from a header list and rows of cells (already formatted)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

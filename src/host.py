@@ -1,0 +1,108 @@
+"""What this host's CPU asks of a MindSpore process: oneDNN's ISA cap and the data workers' core budget.
+
+oneDNN cap. On hosts with AVX-512, oneDNN (MindSpore 2.10 ships v3.10) serves MindSpore's plain NCHW
+float32 convolutions with ``jit_uni_ncsp`` / a reference kernel, 30-150x slower than the ``gemm:jit``
+path it picks when the ISA is capped at AVX2 (``python -m benchmarks.cpu_ops`` times every op
+ResNet-50 and THOR use, with and without the cap, on the host it runs on). oneDNN reads
+``ONEDNN_MAX_CPU_ISA`` once, when MindSpore creates its first CPU kernel, so :func:`apply_isa_cap` must
+run before any network is built or called; ``runtime.setup`` does that for every entry point.
+
+Workers. MindSpore's dataset refuses ``num_parallel_workers`` above the core count; :func:`worker_budget`
+gives the cores this process may use, shared among the ranks a launcher started on this machine.
+"""
+import os
+
+ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+# The cap that ``auto`` applies on AVX-512 hosts. Chosen from `python -m benchmarks.cpu_ops` (see the README):
+# AVX2 is as fast as or faster than the uncapped ISA on every op timed there.
+AUTO_CAP = "AVX2"
+# Values oneDNN accepts for ONEDNN_MAX_CPU_ISA (v3.x), checked so that a typo is an error, not a silent no-op.
+ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
+               "AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
+               "AVX10_2_512", "AVX10_2_512_AMX_2", "DEFAULT", "ALL")
+SETTINGS = ("auto", "none") + ONEDNN_ISAS
+
+_applied = {"done": False}
+
+
+def cpu_flags(path="/proc/cpuinfo"):
+    """The CPU feature flags of this host (empty when they cannot be read, e.g. not Linux)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_isa_cap(setting, flags, environ):
+    """Decide the oneDNN ISA cap. Returns ``(value or None, reason)``; ``value`` is what to put in
+    ``ONEDNN_MAX_CPU_ISA`` (None: leave the environment as it is).
+
+    A value already in ``ONEDNN_MAX_CPU_ISA`` or ``DNNL_MAX_CPU_ISA`` wins over everything. ``setting`` is
+    the config key ``cpu_isa_cap``: ``auto`` caps at AVX2 on hosts with AVX-512 (and does nothing elsewhere,
+    where AVX2 is the ceiling anyway), ``none`` leaves oneDNN alone, an ISA name is used as given."""
+    for name in ISA_VARIABLES:
+        if environ.get(name):
+            return None, f"{name}={environ[name]} set in the environment (kept)"
+    if setting == "none":
+        return None, "cpu_isa_cap none: oneDNN picks its own ISA"
+    if setting == "auto":
+        if "avx512f" not in flags:
+            return None, "no AVX-512 on this host: no cap needed"
+        return AUTO_CAP, ("this host has AVX-512, where oneDNN runs MindSpore's NCHW convolutions on a slow "
+                          "reference path; capped at AVX2 (python -m benchmarks.cpu_ops measures both)")
+    return setting, f"cpu_isa_cap {setting}"
+
+
+def apply_isa_cap(device_target, setting="auto", log=print, environ=None, flags=None):
+    """Set ``ONEDNN_MAX_CPU_ISA`` for this process (and the processes it starts) when the target is CPU.
+
+    Must run before MindSpore creates its first CPU kernel. Logs once per process what was decided and
+    why. Returns the value set, or None."""
+    environ = os.environ if environ is None else environ
+    if device_target != "CPU":
+        return None
+    value, reason = choose_isa_cap(setting, cpu_flags() if flags is None else flags, environ)
+    if value is not None:
+        environ["ONEDNN_MAX_CPU_ISA"] = value
+    if not _applied["done"] and log is not None:
+        log(f"oneDNN: {'ONEDNN_MAX_CPU_ISA=' + value + ': ' if value else ''}{reason}")
+    _applied["done"] = True
+    return value
+
+
+def usable_cores():
+    """Cores this process may run on (its CPU affinity, which a launcher may have narrowed)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, min(len(os.sched_getaffinity(0)), os.cpu_count() or 1))
+    return max(1, os.cpu_count() or 1)
+
+
+def ranks_on_this_machine(environ=None):
+    """Processes of this job that share this machine: ``LOCAL_WORKER_NUM`` (set by our launchers; msrun's
+    ``--local_worker_num``), else msrun's ``MS_WORKER_NUM`` (all workers, assumed local), else 1."""
+    environ = os.environ if environ is None else environ
+    for name in ("LOCAL_WORKER_NUM", "MS_WORKER_NUM"):
+        value = environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def worker_budget(requested, environ=None, cores=None, all_cores=None):
+    """``(workers, note)``: ``requested`` data workers clamped to this process's share of the cores.
+
+    When the affinity mask already narrows this process to fewer cores than the machine has (a launcher
+    pinned it), that mask is its share; otherwise the machine's cores are split among the local ranks.
+    ``note`` is None when nothing was clamped."""
+    cores = usable_cores() if cores is None else cores
+    all_cores = (os.cpu_count() or cores) if all_cores is None else all_cores
+    ranks = ranks_on_this_machine(environ)
+    share = cores if cores < all_cores else max(1, cores // ranks)
+    if requested <= share:
+        return requested, None
+    who = f"{cores} usable core(s)" + (f" shared by {ranks} local rank(s)" if ranks > 1 and cores >= all_cores else "")
+    return share, f"num_parallel_workers {requested} clamped to {share} ({who})"
