@@ -7,7 +7,7 @@ CPU, so the step is ours:
     grads = d(S * loss) / dw               S = loss scale, applied through the backward "sens"
     grads = all_reduce_mean(grads)         data parallel only
     grads = grads / S                      loss scaling changes nothing but the float16 range
-    finite = all(isfinite(grads))
+    finite = all(isfinite(sum(g) for g in grads))   one reduction per gradient (see _grad_sum)
     if finite: optimizer(grads)            a non-finite step is skipped and reported as overflow
     dynamic mode: S /= 2 on overflow (not below 1); S *= 2 after ``window`` finite steps in a row
 
@@ -19,7 +19,7 @@ from mindspore.context import ParallelMode
 from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
 
 _unscale = ops.MultitypeFuncGraph("_unscale")
-_finite = ops.MultitypeFuncGraph("_finite")
+_grad_sum = ops.MultitypeFuncGraph("_grad_sum")
 
 
 @_unscale.register("Tensor", "Tensor")
@@ -27,9 +27,17 @@ def _unscale_tensor(scale, grad):
     return grad * ops.cast(ops.reciprocal(scale), grad.dtype)
 
 
-@_finite.register("Tensor")
-def _finite_tensor(grad):
-    return ops.isfinite(grad).all()
+@_grad_sum.register("Tensor")
+def _grad_sum_tensor(grad):
+    """The sum of a gradient's elements: finite exactly when every element is, unless finite elements add up
+    past float32's range (3.4e38), which is reported as an overflow too.
+
+    Computed as ``ones(1, rows) @ grad.reshape(rows, -1)``, a matrix-vector product that runs at memory
+    speed: on CPU, ``isfinite(grad).all()`` and ``ReduceSum`` use slow reduction kernels (140 and 139 ms
+    over ResNet-50's 161 gradients here, against 17 ms for this; python -m benchmarks.step_overhead)."""
+    g = ops.cast(grad, ms.float32)
+    rows = g.shape[0]
+    return ops.matmul(ops.ones((1, rows), ms.float32), ops.reshape(g, (rows, -1))).sum()
 
 
 class TrainStep(nn.Cell):
@@ -64,7 +72,7 @@ class TrainStep(nn.Cell):
         if self.reducer is not None:
             grads = self.reducer(grads)
         grads = self.hyper_map(ops.partial(_unscale, scale), grads)
-        finite = ops.stack(self.hyper_map(_finite, grads)).all()
+        finite = ops.isfinite(ops.stack(self.hyper_map(_grad_sum, grads))).all()
         overflow = ops.logical_not(finite)
         if self.dynamic:
             loss = ops.depend(loss, self._update_scale(overflow))

@@ -40,15 +40,20 @@ def test_output_shapes(name, feats):
     assert net.num_features == feats
 
 
-def test_maxpool_matches_symmetric_padding():
-    # The stem pool is Pad(1) + valid 3x3/2 pool on non-negative input: equal to -inf padding.
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("size", [9, 10])
+def test_stem_maxpool_matches_symmetric_padding(training, size):
+    # Training (padded pool) and inference (zero rows/columns + valid pool) forms, on non-negative input:
+    # both equal a 3x3/2 pool with -inf padding 1, for odd and even sizes.
+    ms.set_context(mode=ms.GRAPH_MODE)
     net = create_network("resnet18", 3, base_width=4)
-    x = np.random.rand(1, 4, 9, 9).astype(np.float32)
-    got = net.maxpool(net.pool_pad(ms.Tensor(x))).asnumpy()
+    net.maxpool.set_train(training)
+    x = np.random.default_rng(size).random((2, 4, size, size)).astype(np.float32)
+    got = net.maxpool(ms.Tensor(x)).asnumpy()
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-    ref = np.array([[[[padded[0, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max() for j in range(5)] for i in range(5)]
-                     for c in range(4)]])
+    out = (size + 2 - 3) // 2 + 1
+    ref = np.array([[[[padded[n, c, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max() for j in range(out)]
+                      for i in range(out)] for c in range(4)] for n in range(2)])
     np.testing.assert_array_equal(got, ref)
 
 
