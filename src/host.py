@@ -92,6 +92,18 @@ def ranks_on_this_machine(environ=None):
     return 1
 
 
+def op_threads(environ=None, cores=None, all_cores=None):
+    """Threads for MindSpore's CPU kernels in this process: its share of the cores when several ranks share
+    the machine (each would otherwise run as many threads as the machine has cores, oversubscribing it);
+    None when this process is alone or already pinned."""
+    cores = usable_cores() if cores is None else cores
+    all_cores = (os.cpu_count() or cores) if all_cores is None else all_cores
+    ranks = ranks_on_this_machine(environ)
+    if ranks <= 1 or cores < all_cores:
+        return None
+    return max(1, cores // ranks)
+
+
 def worker_budget(requested, environ=None, cores=None, all_cores=None):
     """``(workers, note)``: ``requested`` data workers clamped to this process's share of the cores.
 

@@ -25,6 +25,11 @@ def setup(cfg):
     except Exception as exc:  # a backend that this MindSpore build does not have
         raise UserError(f"config key 'device_target': {cfg.device_target} is not usable here ({exc})") from None
     ms.set_context(mode=ms.GRAPH_MODE if cfg.mode == "GRAPH" else ms.PYNATIVE_MODE)
+    threads = host.op_threads() if cfg.device_target == "CPU" else None
+    if threads:
+        ms.device_context.cpu.op_tuning.threads_num(threads)
+        _NOTES.append(f"CPU kernels: {threads} thread(s) per rank ({host.ranks_on_this_machine()} ranks share "
+                      f"{host.usable_cores()} cores)")
     seed_everything(cfg.seed)
     if not cfg.run_distribute:
         return 0, 1

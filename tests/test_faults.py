@@ -129,10 +129,10 @@ def test_check_dataset_reports_every_bad_file(folder, tmp_path):
 # ---- numerical faults ----------------------------------------------------------------------------------
 
 def test_overflow_steps_are_skipped_and_counted_with_dynamic_loss_scale(tmp_path):
-    """A loss scale of 2^120 overflows the gradients: those steps are skipped, the scale halves until the
+    """A loss scale of 2^127 overflows the gradients: those steps are skipped, the scale halves until the
     gradients fit, and training goes on with finite loss."""
     out = tmp_path / "out"
-    proc = run_script("train.py", *TINY_ARGS, "--epoch_size", "5", "--loss_scale", str(2 ** 120),
+    proc = run_script("train.py", *TINY_ARGS, "--epoch_size", "5", "--loss_scale", str(2 ** 127),
                       "--loss_scale_mode", "dynamic", "--output_dir", out)
     assert proc.returncode == 0, proc.stderr
     summary = done(out)

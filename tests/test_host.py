@@ -60,6 +60,13 @@ def test_worker_budget():
     assert host.worker_budget(8, environ={"LOCAL_WORKER_NUM": "8"}, cores=2, all_cores=2)[0] == 1
 
 
+def test_op_threads_split_the_cores_among_local_ranks():
+    assert host.op_threads(environ={}, cores=2, all_cores=2) is None  # alone: MindSpore's default
+    assert host.op_threads(environ={"LOCAL_WORKER_NUM": "2"}, cores=2, all_cores=2) == 1
+    assert host.op_threads(environ={"MS_WORKER_NUM": "4"}, cores=16, all_cores=16) == 4
+    assert host.op_threads(environ={"LOCAL_WORKER_NUM": "8"}, cores=4, all_cores=16) is None  # pinned already
+
+
 def _clean_env():
     env = {k: v for k, v in os.environ.items() if k not in host.ISA_VARIABLES}
     return env
