@@ -38,6 +38,8 @@ CHOICES = {
     "lr_decay_mode": ("linear", "cosine", "steps", "poly", "constant", "thor"),
     "loss_scale_mode": ("fixed", "dynamic"),
     "thor_mode": ("fixed", "trace"),
+    "thor_convention": ("mindspore", "kfac"),
+    "label_smooth_mode": ("uniform", "zoo"),
     "bad_images": ("stop", "skip"),
     "cpu_isa_cap": CPU_ISA_SETTINGS,
 }

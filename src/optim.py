@@ -15,9 +15,29 @@ from src.thor.trainer import ThorTrainer
 from src.train_step import TrainStep
 
 
+class ZooSmoothCrossEntropy(nn.Cell):
+    """Mean cross entropy against the model zoo's smoothed targets (its CrossEntropySmooth): the true class
+    gets 1 - eps, every other class eps / (C - 1). (``nn.CrossEntropyLoss(label_smoothing=eps)`` gives the
+    true class 1 - eps + eps / C and the others eps / C.)"""
+
+    def __init__(self, eps, num_classes):
+        super().__init__()
+        self.on_value = 1.0 - eps
+        self.off_value = eps / (num_classes - 1)
+        self.num_classes = num_classes
+
+    def construct(self, logits, label):
+        target = ops.one_hot(label, self.num_classes, ops.scalar_to_tensor(self.on_value, logits.dtype),
+                             ops.scalar_to_tensor(self.off_value, logits.dtype))
+        return -(target * ops.log_softmax(logits, -1)).sum(-1).mean()
+
+
 def create_loss(cfg):
-    """Cross entropy, label-smoothed by ``label_smooth_factor`` when ``use_label_smooth``."""
+    """Cross entropy, label-smoothed by ``label_smooth_factor`` when ``use_label_smooth``, with the targets of
+    ``label_smooth_mode`` (uniform: torch's and nn.CrossEntropyLoss's; zoo: the model zoo's)."""
     smooth = cfg.label_smooth_factor if cfg.use_label_smooth else 0.0
+    if smooth > 0.0 and cfg.label_smooth_mode == "zoo":
+        return ZooSmoothCrossEntropy(smooth, cfg.class_num)
     return nn.CrossEntropyLoss(label_smoothing=smooth, reduction="mean")
 
 
@@ -52,7 +72,8 @@ def create_optimizer(cfg, network, lr):
                            cfg.damping_total_epochs, cfg.damping_min)
     layers = attach(network, cfg.thor_skip_layers, cfg.split_dim)
     opt = Thor(groups, lr_tensor, damping, cfg.momentum, layers, mode=cfg.thor_mode,
-               factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2)
+               factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2,
+               convention=cfg.thor_convention)
     object.__setattr__(opt, "thor_layers", layers)
     return opt
 

@@ -9,7 +9,8 @@ CPU, so the step is ours:
     grads = grads / S                      loss scaling changes nothing but the float16 range
     finite = all(isfinite(sum(g) for g in grads))   one reduction per gradient (see _grad_sum)
     if finite: optimizer(grads)            a non-finite step is skipped and reported as overflow
-    dynamic mode: S /= 2 on overflow (not below 1); S *= 2 after ``window`` finite steps in a row
+    dynamic mode, after the optimizer: S /= 2 on overflow (not below 1); S *= 2 after ``window`` finite
+    steps in a row
 
 Outputs ``(loss, overflow, S)``.
 """
@@ -74,10 +75,12 @@ class TrainStep(nn.Cell):
         grads = self.hyper_map(ops.partial(_unscale, scale), grads)
         finite = ops.isfinite(ops.stack(self.hyper_map(_grad_sum, grads))).all()
         overflow = ops.logical_not(finite)
-        if self.dynamic:
-            loss = ops.depend(loss, self._update_scale(overflow))
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))
+        # After the optimizer: THOR's refresh reads the loss scale to undo it in G, and must see the scale this
+        # step ran with, not the one doubled (or halved) for the next step.
+        if self.dynamic:
+            loss = ops.depend(loss, self._update_scale(overflow))
         return loss, overflow, scale
 
     def _update_scale(self, overflow):

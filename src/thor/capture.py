@@ -11,6 +11,9 @@ For a layer with weight W (out x in*kh*kw after reshaping), on an update step:
       The backward pass sees dout = (S / N) * g (loss scale S, batch-mean 1/N), so the hook stores
       N * sum dout dout^T = S^2 * G and the optimizer divides by S^2. Captured with ops.InsertGradientOf.
 
+The layer also records T (``thor_positions``; output positions per sample, H_out * W_out for a convolution,
+1 for Dense), which the ``mindspore`` convention of optimizer.py uses to split the damping.
+
 Then F ~= A (x) G (KFC, Grosse & Martens 2016: positions assumed independent, spatially homogeneous),
 and vec(dW) is preconditioned as G^-1 dW A^-1. Only the diagonal blocks of A and G are formed
 (``split_dim``; see blocks.py), so capture costs N*T*D*b flops, not N*T*D^2.
@@ -43,12 +46,16 @@ class _CaptureMixin:
                                 requires_grad=False)
         self.thor_g = Parameter(Tensor(np.zeros((nbg, bg, bg), np.float32)), name=f"thor.{name}.g_stat",
                                 requires_grad=False)
+        self.thor_positions = Parameter(Tensor(1.0, ms.float32), name=f"thor.{name}.positions", requires_grad=False)
         self.thor_g_hook = ops.InsertGradientOf(self._thor_save_g)
 
     def _thor_record_a(self, x, rows):
-        """Store A = rows^T rows / M (diagonal blocks); returns ``x`` ordered after the store."""
+        """Store A = rows^T rows / M (diagonal blocks) and T = M / N; returns ``x`` ordered after the stores."""
         nba, ba = self.thor_a_layout
-        return ops.depend(x, ops.assign(self.thor_a, block_gram(rows, nba, ba, 1.0 / rows.shape[0])))
+        positions = float(rows.shape[0] // x.shape[0])  # static shapes: a constant of the compiled graph
+        stored = ops.assign(self.thor_a, block_gram(rows, nba, ba, 1.0 / rows.shape[0]))
+        stored = ops.depend(stored, ops.assign(self.thor_positions, ops.fill(ms.float32, (), positions)))
+        return ops.depend(x, stored)
 
     def _thor_save_g(self, dout):
         n = dout.shape[0]

@@ -5,7 +5,16 @@ Per preconditioned layer l (Conv2d/Dense weight W_l; see capture.py for A and G)
   A_l <- A_new                      or, with factor_decay rho > 0 (after the first update):
   A_l <- rho * A_l + (1 - rho) * A_new   (G likewise; in data parallel A_new, G_new are first averaged
                                           across ranks)
-  A_l^-1 <- (A_l + sqrt(lambda) I)^-1,   G_l^-1 <- (G_l + sqrt(lambda) I)^-1      (per diagonal block)
+  then the damped inverses (per diagonal block), in one of two conventions (``thor_convention``):
+
+    mindspore (default):  A_l^-1 <- (A_l + sqrt(lambda / T) I)^-1,   G_l^-1 <- (G_l + sqrt(lambda * T) I)^-1
+    kfac:                 A_l^-1 <- (A_l + sqrt(lambda) I)^-1,       G_l^-1 <- (G_l + sqrt(lambda) I)^-1
+
+  T = output positions per sample (H_out * W_out; 1 for Dense, where both agree). ``mindspore`` is what
+  MindSpore's own THOR computes on Ascend (nn/optim/thor.py ThorAscend with nn/layer/thor_layer.py
+  Conv2dThor): it stores G / T, adds sqrt(lambda / T) to A and to G / T, and multiplies the
+  preconditioned gradient by 1 / T, which is the form above. The zoo's lr and damping were tuned on it.
+  ``kfac`` is the textbook form (Grosse & Martens 2016, kfac-pytorch) with one damping for both factors.
 
   lambda is the damping of the step (damping_i = max(damping_init * damping_decay^(e/10), damping_min),
   schedules.py). The factors are symmetrised ((A + A^T) / 2) before inversion. When a new factor or
@@ -51,8 +60,11 @@ class Thor(nn.Momentum):
     """THOR optimizer over ``params`` (the same groups nn.Momentum takes) for the capturing ``layers``."""
 
     def __init__(self, params, learning_rate, damping, momentum, layers, mode="fixed", factor_decay=0.0,
-                 kl_clip=0.0, trace_w1=0.01, trace_w2=0.0):
+                 kl_clip=0.0, trace_w1=0.01, trace_w2=0.0, convention="mindspore"):
         super().__init__(params, learning_rate, momentum, weight_decay=0.0, loss_scale=1.0)
+        if convention not in ("mindspore", "kfac"):
+            raise ValueError(f"THOR convention must be 'mindspore' or 'kfac', got {convention!r}")
+        self.split_damping = convention == "mindspore"
         self.num_layers = len(layers)
         self.thor_update = False  # compile-time switch, see trainer.py
         self.trace_mode = mode == "trace"
@@ -79,6 +91,7 @@ class Thor(nn.Momentum):
 
         zeros = lambda nb, b: Tensor(np.zeros((nb, b, b), np.float32))
         self.a_stat = ParameterTuple([c.thor_a for c in layers])
+        self.positions = ParameterTuple([c.thor_positions for c in layers])
         self.g_stat = ParameterTuple([c.thor_g for c in layers])
         self.a_avg = state("a", lambda c: c.thor_a_layout, zeros)
         self.g_avg = state("g", lambda c: c.thor_g_layout, zeros)
@@ -129,8 +142,13 @@ class Thor(nn.Momentum):
             # Exactly symmetric factors (summation order can leave A != A^T in the last bits).
             a = (a + ops.transpose(a, (0, 2, 1))) * 0.5
             g = (g + ops.transpose(g, (0, 2, 1))) * 0.5
-            a_inv = damped_inverse(a, sqrt_damping)
-            g_inv = damped_inverse(g, sqrt_damping)
+            if self.split_damping:  # the mindspore convention: lambda / T on A, lambda * T on G
+                positions = ops.depend(self.positions[l], gradients)
+                a_inv = damped_inverse(a, ops.sqrt(damping / positions))
+                g_inv = damped_inverse(g, ops.sqrt(damping * positions))
+            else:
+                a_inv = damped_inverse(a, sqrt_damping)
+                g_inv = damped_inverse(g, sqrt_damping)
             factors_ok = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
             finite = ops.logical_and(factors_ok, ops.logical_and(ops.isfinite(a_inv).all(),
                                                                  ops.isfinite(g_inv).all()))
