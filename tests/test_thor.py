@@ -102,14 +102,17 @@ def _blocks_to_dense(blocks, d):
 
 
 def _build(split_dim, damping=0.01, loss_scale=8.0, lr=1.0, momentum=0.0, steps=1, frequency=1, mode="fixed",
-           factor_decay=0.0, w1=0.01, w2=0.0, seed=0, kl_clip=0.0):
+           factor_decay=0.0, w1=0.01, w2=0.0, seed=0, kl_clip=0.0, convention="kfac"):
+    """The tiny net under THOR; the references of this file use the kfac convention's damping
+    (test_thor_parity.py covers both conventions)."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(seed)
     net = TinyNet()
     layers = attach(net, split_dim=split_dim)
     n = max(steps, 2)
     opt = Thor(net.trainable_params(), ms.Tensor(np.full(n, lr, np.float32)), np.full(n, damping),
-               momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2, kl_clip=kl_clip)
+               momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2, kl_clip=kl_clip,
+               convention=convention)
     flags = thor_update_steps(steps, steps, frequency)
     trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers, flags, loss_scale=loss_scale)
     trainer.set_train()

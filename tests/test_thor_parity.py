@@ -105,6 +105,28 @@ def test_thor_steps_match_the_float64_simulation(convention, split, decay_bias):
         assert np.abs(g - e).max() <= 2e-4 * moved, (name, np.abs(g - e).max(), moved)
 
 
+def test_mindspore_convention_is_what_thor_ascend_computes():
+    """MindSpore's Ascend path, step by step as its code does it (Conv2dThor.construct / save_gradient and
+    ThorAscend._get_ainv_ginv_amax_gmax_list / _get_second_grad_by_matmul), in float64 on the tiny conv
+    layer, equals the mindspore row of the convention table."""
+    rng = np.random.default_rng(1)
+    n, t, d, o, scale, lam = 4, 9, 27, 5, 128.0, 0.03
+    patches = rng.standard_normal((n * t, d))                    # img2col rows, a_normalizer = N*T
+    per_sample_g = rng.standard_normal((n * t, o))               # dl_n / ds_{n,t}
+    dout = scale / n * per_sample_g                              # what the backward hook sees (mean loss)
+    dw = rng.standard_normal((o, d))
+    a_normalizer = g_normalizer = n * t
+    matrix_a_cov = patches.T @ patches / a_normalizer
+    matrix_g_cov = dout.T @ dout / g_normalizer
+    matrix_a = matrix_a_cov + np.sqrt(lam * n / a_normalizer) * np.eye(d)       # damping * batch / a_norm
+    matrix_g = matrix_g_cov * (1 / scale ** 2) * n ** 2 + np.sqrt(lam * n / g_normalizer) * np.eye(o)
+    theirs = np.linalg.inv(matrix_g) @ dw @ np.linalg.inv(matrix_a) * (n / a_normalizer)  # temp_max * batch / a_norm
+    a = patches.T @ patches / (n * t)                            # our A
+    g = per_sample_g.T @ per_sample_g / n                        # our G
+    ours = np.linalg.inv(g + np.sqrt(lam * t) * np.eye(o)) @ dw @ np.linalg.inv(a + np.sqrt(lam / t) * np.eye(d))
+    np.testing.assert_allclose(ours, theirs, rtol=1e-10)
+
+
 def test_the_conventions_differ_on_convolutions_only():
     """Same data and start: the conv step differs between conventions (T = 9), the Dense step does not
     on the first update (T = 1)."""
