@@ -14,11 +14,10 @@ from mindspore import Tensor, nn
 from src.config import parse_args
 from src.optim import NetWithLoss, create_loss, param_groups
 from src.schedules import thor_damping, thor_lr, thor_update_steps
-from src.thor.blocks import block_layout
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
-from test_thor import TinyNet, _data, _reference, _softmax_grad
+from test_thor import TinyNet, _blockdiag_inverse, _data, _reference, _softmax_grad
 
 STEPS = 4
 FREQUENCY = 2            # update steps 0 and 2; steps 1 and 3 reuse the stored inverses
@@ -29,14 +28,8 @@ T_CONV = 9               # 6x6 input, 3x3 kernel, stride 2, pad 1 -> 3x3 outputs
 
 
 def _damped_blockdiag_inverse(m, split, add):
-    """Inverse of (each diagonal block of m) + add * I; off-block entries are zero."""
-    d = m.shape[0]
-    nb, b = block_layout(d, split)
-    out = np.zeros_like(m)
-    for i in range(nb):
-        sl = slice(i * b, min((i + 1) * b, d))
-        out[sl, sl] = np.linalg.inv(m[sl, sl] + add * np.eye(m[sl, sl].shape[0]))
-    return out
+    """Inverse of (each diagonal block of m) + add * I (test_thor's helper adds sqrt(damping) * I)."""
+    return _blockdiag_inverse(m, split, add ** 2)
 
 
 def _damping_terms(convention, lam, positions):
