@@ -48,6 +48,8 @@ def main(argv=None):
     names, _ = class_names(cfg.class_num, ckpt_path, map_path)
     k = min(opts.top_k, cfg.class_num)
     runtime.setup(cfg)
+    for note in runtime.notes():  # stderr: stdout carries the results (one JSON line per image with --json)
+        print(note, file=sys.stderr, flush=True)
     network = load_network(cfg, ckpt_path)
 
     images, bad = [], []

@@ -26,9 +26,10 @@ def main(argv=None):
 
     import numpy as np
     import mindspore as ms
-    from mindspore import nn, ops
+    from mindspore import nn
 
     from src import host
+    from src.resnet import zero_pad_hw
     host.apply_isa_cap("CPU", "auto")
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -45,11 +46,7 @@ def main(argv=None):
             if self.form == FORMS[0]:
                 return self.valid(self.pad(x))
             if self.form == FORMS[1]:
-                n, c, h, w = x.shape
-                rows = ops.zeros((n, c, 1, w), x.dtype)
-                x = ops.concat((rows, x, rows), 2)
-                cols = ops.zeros((n, c, h + 2, 1), x.dtype)
-                return self.valid(ops.concat((cols, x, cols), 3))
+                return self.valid(zero_pad_hw(x))
             return self.padded(x)
 
     x = ms.Tensor(np.abs(np.random.default_rng(0).standard_normal(

@@ -1,7 +1,7 @@
 """What this host's CPU asks of a MindSpore process: oneDNN's ISA cap and the data workers' core budget.
 
 oneDNN cap. On hosts with AVX-512, oneDNN (MindSpore 2.10 ships v3.10) serves MindSpore's plain NCHW
-float32 convolutions with ``jit_uni_ncsp`` / a reference kernel, 30-150x slower than the ``gemm:jit``
+float32 3x3 and 7x7 convolutions with ``jit_uni_ncsp`` / a reference kernel, 80-180x slower than the ``gemm:jit``
 path it picks when the ISA is capped at AVX2 (``python -m benchmarks.cpu_ops`` times every op
 ResNet-50 and THOR use, with and without the cap, on the host it runs on). oneDNN reads
 ``ONEDNN_MAX_CPU_ISA`` once, when MindSpore creates its first CPU kernel, so :func:`apply_isa_cap` must
@@ -13,8 +13,9 @@ gives the cores this process may use, shared among the ranks a launcher started 
 import os
 
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
-# The cap that ``auto`` applies on AVX-512 hosts. Chosen from `python -m benchmarks.cpu_ops` (see the README):
-# AVX2 is as fast as or faster than the uncapped ISA on every op timed there.
+# The cap that ``auto`` applies on AVX-512 hosts. Chosen from `python -m benchmarks.cpu_ops` (docs/cpu_performance.md):
+# a few ops are faster uncapped (the classifier MatMul, some 1x1 convolutions), but over the ops of ResNet-50 and
+# THOR the AVX2 total is 1/54 of the uncapped one, because the 3x3 convolutions leave the reference path.
 AUTO_CAP = "AVX2"
 # Values oneDNN accepts for ONEDNN_MAX_CPU_ISA (v3.x), checked so that a typo is an error, not a silent no-op.
 ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -92,29 +93,31 @@ def ranks_on_this_machine(environ=None):
     return 1
 
 
+def _core_share(environ, cores, all_cores):
+    """``(share, ranks, pinned)``: the cores this process may count on. A process whose affinity mask is
+    narrower than the machine was pinned by a launcher, and the mask is its share; otherwise the machine's
+    cores are split among the ranks started on it."""
+    cores = usable_cores() if cores is None else cores
+    all_cores = (os.cpu_count() or cores) if all_cores is None else all_cores
+    ranks = ranks_on_this_machine(environ)
+    pinned = cores < all_cores
+    return (cores if pinned else max(1, cores // ranks)), ranks, pinned
+
+
 def op_threads(environ=None, cores=None, all_cores=None):
     """Threads for MindSpore's CPU kernels in this process: its share of the cores when several ranks share
     the machine (each would otherwise run as many threads as the machine has cores, oversubscribing it);
     None when this process is alone or already pinned."""
-    cores = usable_cores() if cores is None else cores
-    all_cores = (os.cpu_count() or cores) if all_cores is None else all_cores
-    ranks = ranks_on_this_machine(environ)
-    if ranks <= 1 or cores < all_cores:
-        return None
-    return max(1, cores // ranks)
+    share, ranks, pinned = _core_share(environ, cores, all_cores)
+    return None if ranks <= 1 or pinned else share
 
 
 def worker_budget(requested, environ=None, cores=None, all_cores=None):
-    """``(workers, note)``: ``requested`` data workers clamped to this process's share of the cores.
-
-    When the affinity mask already narrows this process to fewer cores than the machine has (a launcher
-    pinned it), that mask is its share; otherwise the machine's cores are split among the local ranks.
-    ``note`` is None when nothing was clamped."""
-    cores = usable_cores() if cores is None else cores
-    all_cores = (os.cpu_count() or cores) if all_cores is None else all_cores
-    ranks = ranks_on_this_machine(environ)
-    share = cores if cores < all_cores else max(1, cores // ranks)
+    """``(workers, note)``: ``requested`` data workers clamped to this process's share of the cores
+    (see :func:`_core_share`). ``note`` is None when nothing was clamped."""
+    share, ranks, pinned = _core_share(environ, cores, all_cores)
     if requested <= share:
         return requested, None
-    who = f"{cores} usable core(s)" + (f" shared by {ranks} local rank(s)" if ranks > 1 and cores >= all_cores else "")
+    cores = usable_cores() if cores is None else cores
+    who = f"{cores} usable core(s)" + (f" shared by {ranks} local rank(s)" if ranks > 1 and not pinned else "")
     return share, f"num_parallel_workers {requested} clamped to {share} ({who})"

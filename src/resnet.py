@@ -80,6 +80,16 @@ class Bottleneck(nn.Cell):
         return self.relu(out + identity)
 
 
+def zero_pad_hw(x):
+    """Pad the last two axes of NCHW ``x`` by one zero row/column on each side, by concatenation (on
+    MindSpore 2.10's CPU backend far faster than nn.Pad, and exportable to ONNX)."""
+    n, c, h, w = x.shape
+    rows = ops.zeros((n, c, 1, w), x.dtype)
+    x = ops.concat((rows, x, rows), 2)
+    cols = ops.zeros((n, c, h + 2, 1), x.dtype)
+    return ops.concat((cols, x, cols), 3)
+
+
 class StemMaxPool(nn.Cell):
     """The stem's 3x3/2 max-pool with symmetric padding 1, on non-negative input (it follows a ReLU), where
     zero padding equals -inf padding. Two equal forms, picked by the fastest kernels of MindSpore 2.10's CPU
@@ -96,11 +106,7 @@ class StemMaxPool(nn.Cell):
     def construct(self, x):
         if self.training:
             return self.pool_padded(x)
-        n, c, h, w = x.shape
-        rows = ops.zeros((n, c, 1, w), x.dtype)
-        x = ops.concat((rows, x, rows), 2)
-        cols = ops.zeros((n, c, h + 2, 1), x.dtype)
-        return self.pool_valid(ops.concat((cols, x, cols), 3))
+        return self.pool_valid(zero_pad_hw(x))
 
 
 class ResNet(nn.Cell):
