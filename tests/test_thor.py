@@ -6,7 +6,7 @@ from mindspore import Tensor, nn, ops
 
 from src.optim import NetWithLoss
 from src.schedules import thor_update_steps
-from src.thor.blocks import block_layout
+from src.thor.blocks import apply_left, apply_right, block_gram, block_layout, block_trace
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
@@ -119,7 +119,40 @@ def _build(split_dim, damping=0.01, loss_scale=8.0, lr=1.0, momentum=0.0, steps=
     return net, opt, trainer
 
 
-@pytest.mark.parametrize("split_dim", [0, 8])
+class _Blocks(nn.Cell):
+    def __init__(self, nb_a, b_a, nb_g, b_g):
+        super().__init__()
+        self.a, self.g = (nb_a, b_a), (nb_g, b_g)
+
+    def construct(self, x, grad, inv_a, inv_g):
+        right = apply_right(grad, inv_a, *self.a)
+        return (block_gram(x, *self.a, 0.5), block_trace(inv_a, grad.shape[1]), right,
+                apply_left(inv_g, right, *self.g))
+
+
+@pytest.mark.parametrize("o, d, split", [(6, 5, 0), (8, 12, 4), (7, 10, 4), (12, 8, 4), (5, 9, 4), (3, 16, 8)])
+def test_block_algebra_matches_dense_numpy(o, d, split):
+    """Gram blocks, trace, grad @ blockdiag(A) and blockdiag(G) @ grad, for full, evenly split and ragged
+    (zero-padded) widths on either side, against dense float64 block-diagonal matrices."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(o * 100 + d)
+    (nba, ba), (nbg, bg) = block_layout(d, split), block_layout(o, split)
+    x = rng.standard_normal((11, d)).astype(np.float32)
+    grad = rng.standard_normal((o, d)).astype(np.float32)
+    inv_a = rng.standard_normal((nba, ba, ba)).astype(np.float32)
+    inv_g = rng.standard_normal((nbg, bg, bg)).astype(np.float32)
+    gram, trace, right, both = (t.asnumpy() for t in _Blocks(nba, ba, nbg, bg)(
+        Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g)))
+    dense_a, dense_g = _blocks_to_dense(inv_a.astype(np.float64), d), _blocks_to_dense(inv_g.astype(np.float64), o)
+    x64, g64 = x.astype(np.float64), grad.astype(np.float64)
+    np.testing.assert_allclose(_blocks_to_dense(gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(trace, np.trace(dense_a), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(right, g64 @ dense_a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both, dense_g @ g64 @ dense_a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("split_dim", [0, 2, 8])
 def test_factors_and_preconditioned_gradient_match_numpy(split_dim):
     net, opt, trainer = _build(split_dim)
     x, y = _data()

@@ -1,0 +1,149 @@
+"""THOR's cost against Momentum's: step time, compile time and peak memory, full-width ResNet-50, synthetic data.
+
+    python -m benchmarks.thor_step                                  # 32x32 batch 32
+    python -m benchmarks.thor_step --image_size 224 --batch_size 16 --runs 5 --window 1
+
+Two processes, one after the other, each building its training cell as train.py does (same oneDNN cap, loss
+scale 128, ``split_dim`` 128, the default thor_convention):
+
+- ``momentum``: the Momentum step.
+- ``thor``: one THOR run. Its first step is an update step (compiles the update graph: forward with statistics
+  capture, backward, factor refresh and inversion, preconditioned step), its second a plain one (compiles the
+  graph without statistics). Then ``--runs`` windows of ``--window`` plain steps and as many of update steps are
+  timed, in the same process, as a real THOR run holds both graphs.
+
+Each window ends by reading the loss back; the median window gives ms/step. Reported: THOR's plain and update
+steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1) t_plain) / (F t_momentum),
+F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each process's peak RSS and the
+THOR state (statistics, factors, inverses). Prints a markdown table and writes JSON to ``--output``.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+from benchmarks.timing import host_info, markdown_table, time_windows, write_json
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def measure(arm, args):
+    """Runs in the child process: build, compile, time. Returns a dict."""
+    import numpy as np
+    import mindspore as ms
+
+    from src import host
+    from src.config import parse_args
+    from src.optim import NetWithLoss, create_loss, create_optimizer, create_train_cell
+    from src.resnet import network_from_config
+
+    host.apply_isa_cap(args.device_target, "auto")  # as train.py does, before the first kernel
+    ms.set_device(args.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    steps = 100000
+    cfg = parse_args(["--device_target", args.device_target, "--net_name", "resnet50", "--class_num", "1000",
+                      "--batch_size", str(args.batch_size), "--train_image_size", str(args.image_size),
+                      "--loss_scale", "128", "--split_dim", str(args.split_dim), "--epoch_size", "1",
+                      "--warmup_epochs", "0", "--optimizer", "Thor" if arm == "thor" else "Momentum"])
+    ms.set_seed(1)
+    net = network_from_config(cfg)
+    opt = create_optimizer(cfg, net, np.full(steps, 0.01, np.float32))
+    cell = create_train_cell(cfg, NetWithLoss(net, create_loss(cfg)), opt, steps)
+    rng = np.random.default_rng(0)
+    x = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32))
+    rss_built = _peak_rss_mib()
+
+    def step():
+        cell(x, y)[0].asnumpy()
+
+    out = {"arm": arm, "rss_built_mib": rss_built}
+    if arm == "momentum":
+        start = time.perf_counter()
+        step()
+        first = time.perf_counter() - start
+        t, all_t = time_windows(step, warmup=args.warmup, runs=args.runs, window=args.window)
+        out.update(momentum_ms=t * 1000, momentum_all_ms=[v * 1000 for v in all_t],
+                   compile_s=first - t)
+    else:
+        flags = cell.update_flags
+        flags[:] = True
+        start = time.perf_counter()
+        step()                                    # update graph
+        first_update = time.perf_counter() - start
+        flags[:] = False
+        start = time.perf_counter()
+        step()                                    # plain graph
+        first_plain = time.perf_counter() - start
+        t_plain, plain_all = time_windows(step, warmup=args.warmup, runs=args.runs, window=args.window)
+        flags[:] = True
+        t_update, update_all = time_windows(step, warmup=args.warmup, runs=args.runs, window=args.window)
+        out.update(plain_ms=t_plain * 1000, plain_all_ms=[v * 1000 for v in plain_all],
+                   update_ms=t_update * 1000, update_all_ms=[v * 1000 for v in update_all],
+                   compile_update_s=first_update - t_update, compile_plain_s=first_plain - t_plain,
+                   state_mib=opt.state_bytes() / 2 ** 20)
+    out["peak_rss_mib"] = _peak_rss_mib()
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--frequency", type=int, default=834)
+    parser.add_argument("--split_dim", type=int, default=128)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--window", type=int, default=3, help="steps per timed window")
+    parser.add_argument("--device_target", default="CPU")
+    parser.add_argument("--output", default=None, help="JSON path (default bench_results/thor_step_<size>.json)")
+    parser.add_argument("--arm", choices=("momentum", "thor"), help=argparse.SUPPRESS)  # child process
+    args = parser.parse_args(argv)
+    if args.arm:
+        print("RESULT " + json.dumps(measure(args.arm, args)), flush=True)
+        return None
+
+    passed = [a for a in (argv if argv is not None else sys.argv[1:])]
+    row = {"image_size": args.image_size, "batch_size": args.batch_size, "frequency": args.frequency}
+    for arm in ("momentum", "thor"):
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.thor_step", *passed, "--arm", arm],
+                              capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            sys.exit(f"error: benchmarks.thor_step: the {arm} process failed (exit {proc.returncode}): {tail}")
+        result = json.loads(lines[-1][len("RESULT "):])
+        row.update({f"{arm}_{k}": v for k, v in result.items() if k != "arm"})
+        print(f"  {arm}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items() if isinstance(v, float)), flush=True)
+
+    m = row["momentum_momentum_ms"]
+    f = args.frequency
+    row["plain_over_momentum"] = row["thor_plain_ms"] / m
+    row["update_over_momentum"] = row["thor_update_ms"] / m
+    row["amortized_over_momentum"] = (row["thor_update_ms"] + (f - 1) * row["thor_plain_ms"]) / (f * m)
+    row["rss_budget_mib"] = row["momentum_peak_rss_mib"] + 2 * row["thor_state_mib"] + 200
+    output = args.output or os.path.join("bench_results", f"thor_step_{args.image_size}.json")
+    write_json(output, {"host": host_info(), "args": vars(args), "result": row})
+
+    header = ["image, batch", "Momentum ms/step", "THOR plain ms/step", "THOR update ms/step",
+              f"amortized, F={f}", "compile s: Momentum / THOR plain + update", "peak RSS MiB: Momentum / THOR",
+              "THOR state MiB"]
+    cells = [f"{args.image_size}, {args.batch_size}", f"{m:.1f}",
+             f"{row['thor_plain_ms']:.1f} ({row['plain_over_momentum']:.2f}x)",
+             f"{row['thor_update_ms']:.1f} ({row['update_over_momentum']:.2f}x)",
+             f"{row['amortized_over_momentum']:.2f}x",
+             f"{row['momentum_compile_s']:.1f} / {row['thor_compile_plain_s']:.1f} + {row['thor_compile_update_s']:.1f}",
+             f"{row['momentum_peak_rss_mib']:.0f} / {row['thor_peak_rss_mib']:.0f}", f"{row['thor_state_mib']:.1f}"]
+    print()
+    print(markdown_table(header, [cells]))
+    print(f"\nwritten {output}")
+    return row
+
+
+if __name__ == "__main__":
+    main()
