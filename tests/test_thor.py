@@ -6,7 +6,7 @@ from mindspore import Tensor, nn, ops
 
 from src.optim import NetWithLoss
 from src.schedules import thor_update_steps
-from src.thor.blocks import apply_left, apply_right, block_gram, block_layout, block_trace
+from src.thor.blocks import apply_left, apply_right, block_gram, block_layout, block_trace, sample_block_gram
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
@@ -124,15 +124,17 @@ class _Blocks(nn.Cell):
         super().__init__()
         self.a, self.g = (nb_a, b_a), (nb_g, b_g)
 
-    def construct(self, x, grad, inv_a, inv_g):
+    def construct(self, x, grad, inv_a, inv_g, x3):
         right = apply_right(grad, inv_a, *self.a)
+        one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the transposed-rows path
         return (block_gram(x, *self.a, 0.5), block_trace(inv_a, grad.shape[1]), right,
-                apply_left(inv_g, right, *self.g))
+                apply_left(inv_g, right, *self.g), sample_block_gram(one_position, *self.a, 0.5),
+                sample_block_gram(x3, *self.a, 0.5))  # (5, d, 3): the per-sample path when b <= 12
 
 
 @pytest.mark.parametrize("o, d, split", [(6, 5, 0), (8, 12, 4), (7, 10, 4), (12, 8, 4), (5, 9, 4), (3, 16, 8)])
 def test_block_algebra_matches_dense_numpy(o, d, split):
-    """Gram blocks, trace, grad @ blockdiag(A) and blockdiag(G) @ grad, for full, evenly split and ragged
+    """Gram blocks, trace, grad @ blockdiag(A)^T and blockdiag(G) @ grad, for full, evenly split and ragged
     (zero-padded) widths on either side, against dense float64 block-diagonal matrices."""
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(o * 100 + d)
@@ -141,15 +143,49 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
     grad = rng.standard_normal((o, d)).astype(np.float32)
     inv_a = rng.standard_normal((nba, ba, ba)).astype(np.float32)
     inv_g = rng.standard_normal((nbg, bg, bg)).astype(np.float32)
-    gram, trace, right, both = (t.asnumpy() for t in _Blocks(nba, ba, nbg, bg)(
-        Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g)))
+    x3 = rng.standard_normal((5, d, 3)).astype(np.float32)
+    gram, trace, right, both, sample_gram, sample_gram3 = (t.asnumpy() for t in _Blocks(nba, ba, nbg, bg)(
+        Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g), Tensor(x3)))
     dense_a, dense_g = _blocks_to_dense(inv_a.astype(np.float64), d), _blocks_to_dense(inv_g.astype(np.float64), o)
     x64, g64 = x.astype(np.float64), grad.astype(np.float64)
     np.testing.assert_allclose(_blocks_to_dense(gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(_blocks_to_dense(sample_gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
+                               rtol=1e-5, atol=1e-5)
+    x3_64 = x3.astype(np.float64)
+    np.testing.assert_allclose(_blocks_to_dense(sample_gram3, d),
+                               0.5 * np.einsum("ndl,nel->de", x3_64, x3_64) * _block_mask(d, split), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(trace, np.trace(dense_a), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(right, g64 @ dense_a, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(both, dense_g @ g64 @ dense_a, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(right, g64 @ dense_a.T, rtol=1e-5, atol=1e-5)  # each block transposed (symmetric A^-1)
+    np.testing.assert_allclose(both, dense_g @ g64 @ dense_a.T, rtol=1e-4, atol=1e-4)
+
+
+class _OneConv(nn.Cell):
+    def __init__(self, k, stride, pad):
+        super().__init__()
+        self.conv = nn.Conv2d(C, K, k, stride=stride, pad_mode="pad", padding=pad, has_bias=False)
+
+    def construct(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("k, stride, pad", [(1, 1, 0), (1, 2, 0), (3, 1, 1), (3, 2, 1), (5, 1, 2)])
+def test_conv_statistics_for_every_kernel_form(k, stride, pad):
+    """A (im2col patches) and T for the kernel forms of ResNet-50 (1x1, 1x1 stride 2, 3x3, a 7x7-like stem),
+    in blocks of 4 (C*k*k = 3, 12, 27, 75: single, even and ragged), against float64."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(0)
+    net = _OneConv(k, stride, pad)
+    (layer,) = attach(net, split_dim=4)
+    layer.thor_capture = True
+    x, _ = _data()
+    net(Tensor(x)).asnumpy()
+    cols = _im2col(x.astype(np.float64), k, stride, pad)
+    t = cols.shape[1]
+    expected = np.einsum("ntd,nte->de", cols, cols) / (N * t) * _block_mask(C * k * k, 4)
+    got = _blocks_to_dense(layer.thor_a.asnumpy(), C * k * k)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert float(layer.thor_positions.asnumpy()) == t
 
 
 @pytest.mark.parametrize("split_dim", [0, 2, 8])

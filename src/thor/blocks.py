@@ -8,10 +8,18 @@ its first rows and columns is exactly (B + lambda I)^-1, and the padded rows/col
 and cut off after preconditioning.
 
 The gradient (O, D) of a layer is row-major, so the left product blockdiag(G^-1) @ grad is a batched
-matmul over a free reshape (nb, b, D), while the right product grad @ blockdiag(A^-1) needs the column
-blocks brought to the front and back (two transposes): the least data movement the layout allows.
-Padding is written as a concatenation with zeros and the cut as ``ops.slice``; on CPU, ``ops.pad`` and
-``x[:, :d]`` (StridedSlice) cost 15x and 70x as much (python -m benchmarks.thor_ops).
+matmul over a free reshape (nb, b, D). The right product grad @ blockdiag(A^-1) works on column blocks:
+it is written as a grouped 1x1 convolution over the reshape (O, D, 1, 1) (group k = column block k), which
+needs no transpose of the gradient. The convolution multiplies by each block's transpose: A^-1 is the
+inverse of the symmetric A + damping I, and its stored float32 value is used transposed (equal up to the
+rounding of the inverse). Statistics of a convolution are gathered the same way, per sample from the
+(N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
+concatenation with zeros and the cut as ``ops.slice``.
+
+Why no transposes on large tensors: on CPU, MindSpore's Transpose kernel keeps a table of 8 bytes per
+element for every transpose in a graph (a 512 x 4608 gradient: 19 MiB, for as long as the graph lives),
+``ops.pad`` and ``x[:, :d]`` (StridedSlice) cost 15x and 70x a concatenation or ``ops.slice``
+(python -m benchmarks.thor_ops measures each).
 """
 import math
 
@@ -19,6 +27,8 @@ import mindspore as ms
 from mindspore import ops
 
 _MATMUL_TA = ops.MatMul(transpose_a=True)
+_MATMUL_TB = ops.MatMul(transpose_b=True)
+_BMM_TB = ops.BatchMatMul(transpose_b=True)
 _BMM_TA = ops.BatchMatMul(transpose_a=True)
 
 
@@ -61,6 +71,33 @@ def block_gram(x, nb, b, scale):
     return _BMM_TA(cols, cols) * scale
 
 
+def _sum_rows(x):
+    """Sum over the first axis of (N, ...) as ones(1, N) @ x: a matrix-vector product at memory speed (the
+    CPU ReduceSum kernel is several times slower)."""
+    n = x.shape[0]
+    return ops.matmul(ops.ones((1, n), x.dtype), ops.reshape(x, (n, -1)))
+
+
+def sample_block_gram(x, nb, b, scale):
+    """Diagonal blocks of ``scale * sum_n x_n x_n^T`` for x (N, D, L) (D = features, L = positions): (nb, b, b).
+
+    With L >= b / 4 (large feature maps): a free reshape to (N * nb, b, L), one batched matmul, a sum over
+    samples; no transpose of the activation. With fewer positions, the per-sample products (N * nb * b * b)
+    would outgrow the activation itself, so the column blocks (nb, N * L, b) are formed by one transpose of
+    what is then a small tensor and multiplied blockwise."""
+    n, d, positions = x.shape
+    x = ops.cast(x, ms.float32)
+    if nb * b != d:
+        x = ops.concat((x, ops.zeros((n, nb * b - d, positions), ms.float32)), 1)
+    if 4 * positions < b:  # one transpose (N, nb, b, L) -> (nb, N, L, b), then X_k^T X_k per block
+        cols = ops.reshape(ops.transpose(ops.reshape(x, (n, nb, b, positions)), (1, 0, 3, 2)),
+                           (nb, n * positions, b))
+        return _BMM_TA(cols, cols) * scale
+    rows = ops.reshape(x, (n * nb, b, positions))
+    per_sample = _BMM_TB(rows, rows)                      # (N * nb, b, b)
+    return ops.reshape(_sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
+
+
 def block_trace(blocks, dim):
     """Trace of the block-diagonal matrix restricted to its first ``dim`` rows (padding excluded)."""
     nb, b, _ = blocks.shape
@@ -76,13 +113,14 @@ def damped_inverse(blocks, damping):
 
 
 def apply_right(grad, inv, nb, b):
-    """``grad @ blockdiag(inv)`` for grad (O, D) and inv (nb, b, b) -> (O, D)."""
+    """``grad @ blockdiag(inv)^T`` for grad (O, D) and inv (nb, b, b) -> (O, D) (inv symmetric up to rounding,
+    see the module docstring): a grouped 1x1 convolution, group k = column block k."""
     o, d = grad.shape
     if nb == 1:
-        return ops.matmul(grad, ops.reshape(inv, (b, b)))
-    cols = to_block_columns(grad, nb, b)               # (nb, O, b)
-    out = ops.reshape(ops.transpose(ops.bmm(cols, inv), (1, 0, 2)), (o, nb * b))
-    return _cut_to(out, o, d)
+        return _MATMUL_TB(grad, ops.reshape(inv, (b, b)))
+    x = ops.reshape(_pad_to(grad, 1, nb * b), (o, nb * b, 1, 1))
+    out = ops.conv2d(x, ops.reshape(inv, (nb * b, b, 1, 1)), groups=nb)
+    return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
 
 
 def apply_left(inv, grad, nb, b):

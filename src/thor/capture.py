@@ -28,7 +28,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from src.errors import UserError
-from src.thor.blocks import block_gram, block_layout
+from src.thor.blocks import block_gram, block_layout, sample_block_gram
 
 
 class _CaptureMixin:
@@ -49,41 +49,42 @@ class _CaptureMixin:
         self.thor_positions = Parameter(Tensor(1.0, ms.float32), name=f"thor.{name}.positions", requires_grad=False)
         self.thor_g_hook = ops.InsertGradientOf(self._thor_save_g)
 
-    def _thor_record_a(self, x, rows):
-        """Store A = rows^T rows / M (diagonal blocks) and T = M / N; returns ``x`` ordered after the stores."""
-        nba, ba = self.thor_a_layout
-        positions = float(rows.shape[0] // x.shape[0])  # static shapes: a constant of the compiled graph
-        stored = ops.assign(self.thor_a, block_gram(rows, nba, ba, 1.0 / rows.shape[0]))
-        stored = ops.depend(stored, ops.assign(self.thor_positions, ops.fill(ms.float32, (), positions)))
+    def _thor_record_a(self, x, stat, positions):
+        """Store A (diagonal blocks) and T = ``positions``; returns ``x`` ordered after the stores."""
+        stored = ops.assign(self.thor_a, stat)
+        stored = ops.depend(stored, ops.assign(self.thor_positions, ops.fill(ms.float32, (), float(positions))))
         return ops.depend(x, stored)
 
     def _thor_save_g(self, dout):
         n = dout.shape[0]
-        if len(dout.shape) == 4:
-            rows = ops.reshape(ops.transpose(dout, (0, 2, 3, 1)), (-1, dout.shape[1]))
-        else:
-            rows = dout
         nbg, bg = self.thor_g_layout
-        stat = block_gram(rows, nbg, bg, float(n))  # = S^2 * G
-        return ops.depend(dout, ops.assign(self.thor_g, stat))
+        if len(dout.shape) == 4:  # (N, O, H, W) -> (N, O, L): a reshape, no transpose
+            stat = sample_block_gram(ops.reshape(dout, (n, dout.shape[1], -1)), nbg, bg, float(n))
+        else:
+            stat = block_gram(dout, nbg, bg, float(n))
+        return ops.depend(dout, ops.assign(self.thor_g, stat))  # = S^2 * G
 
 
 class CaptureConv2d(nn.Conv2d, _CaptureMixin):
     """nn.Conv2d that records A (forward) and S^2*G (backward) when compiled with ``thor_capture``."""
 
-    def _input_rows(self, x):
+    def _input_patches(self, x):
+        """(N, C*kh*kw, L): the input patch of every output position, C outermost like the weight reshape."""
         kh, kw = self.kernel_size
         sh, sw = self.stride
-        if kh == 1 and kw == 1 and self.thor_pad == 0:
-            if sh > 1 or sw > 1:
-                x = x[:, :, ::sh, ::sw]
-            return ops.reshape(ops.transpose(x, (0, 2, 3, 1)), (-1, x.shape[1]))
-        patches = ops.unfold(x, (kh, kw), 1, self.thor_pad, (sh, sw))  # (N, C*kh*kw, L), C outermost
-        return ops.reshape(ops.transpose(patches, (0, 2, 1)), (-1, patches.shape[1]))
+        if kh == 1 and kw == 1 and self.thor_pad == 0 and sh == 1 and sw == 1:
+            return ops.reshape(x, (x.shape[0], x.shape[1], -1))
+        return ops.unfold(x, (kh, kw), 1, self.thor_pad, (sh, sw))
+
+    def _capture_a(self, x):
+        patches = self._input_patches(ops.cast(x, ms.float32))
+        n, _, positions = patches.shape
+        nba, ba = self.thor_a_layout
+        return self._thor_record_a(x, sample_block_gram(patches, nba, ba, 1.0 / (n * positions)), positions)
 
     def construct(self, x):
         if self.thor_capture:
-            x = self._thor_record_a(x, self._input_rows(ops.cast(x, ms.float32)))
+            x = self._capture_a(x)
         out = self.conv2d(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
@@ -97,7 +98,7 @@ class CaptureDense(nn.Dense, _CaptureMixin):
 
     def construct(self, x):
         if self.thor_capture:
-            x = self._thor_record_a(x, x)
+            x = self._thor_record_a(x, block_gram(x, *self.thor_a_layout, 1.0 / x.shape[0]), 1)
         out = self.matmul(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
