@@ -16,9 +16,10 @@ rounding of the inverse). Statistics of a convolution are gathered the same way,
 (N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
 concatenation with zeros and the cut as ``ops.slice``.
 
-Why no transposes on large tensors: on CPU, MindSpore's Transpose kernel keeps a table of 8 bytes per
-element for every transpose in a graph (a 512 x 4608 gradient: 19 MiB, for as long as the graph lives),
-``ops.pad`` and ``x[:, :d]`` (StridedSlice) cost 15x and 70x a concatenation or ``ops.slice``
+Why no transposes on large tensors: on CPU, MindSpore's Transpose kernel keeps an index table of 8 bytes per
+element for every transpose in a compiled graph (a 512 x 4608 gradient: about 19 MiB, for as long as the graph
+lives). The grouped convolution is somewhat slower than transpose + bmm + transpose on that layer but holds a
+quarter of the memory; ``ops.pad`` is far slower than a concatenation; a cut is skipped when nothing is cut
 (python -m benchmarks.thor_ops measures each).
 """
 import math
