@@ -10,12 +10,9 @@ resident memory the graph added at compile, per use. Rows come in pairs: the for
 it avoids. Prints a markdown table, writes JSON.
 """
 import argparse
-import json
-import subprocess
-import sys
 import time
 
-from benchmarks.timing import host_info, markdown_table, time_windows, write_json
+from benchmarks.timing import child_result, host_info, markdown_table, print_result, time_windows, write_json
 
 O, D, B = 512, 4608, 128
 NB = D // B
@@ -152,17 +149,12 @@ def main(argv=None):
     parser.add_argument("--op", help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
     if args.op:
-        print("RESULT " + json.dumps(measure(args.op, args.copies, args.runs)), flush=True)
+        print_result(measure(args.op, args.copies, args.runs))
         return None
     rows, results = [], {}
     for name, (_, role) in OPS.items():
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.thor_ops", "--op", name, "--copies",
-                               str(args.copies), "--runs", str(args.runs)], capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            sys.exit(f"error: benchmarks.thor_ops: '{name}' failed (exit {proc.returncode}): {tail}")
-        r = json.loads(lines[-1][len("RESULT "):])
+        r = child_result("benchmarks.thor_ops", ["--op", name, "--copies", str(args.copies), "--runs", str(args.runs)],
+                         f"'{name}'")
         results[name] = dict(r, role=role)
         rows.append([name, role, f"{r['ms_per_use']:.2f}", f"{r['compile_mib_per_use']:.1f}"])
         print(f"  {name}: {r['ms_per_use']:.2f} ms, {r['compile_mib_per_use']:.1f} MiB per use", flush=True)

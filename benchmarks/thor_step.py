@@ -18,14 +18,12 @@ F = 834 is the ImageNet recipe's), compile time (first call minus a timed step),
 THOR state (statistics, factors, inverses). Prints a markdown table and writes JSON to ``--output``.
 """
 import argparse
-import json
 import os
 import resource
-import subprocess
 import sys
 import time
 
-from benchmarks.timing import host_info, markdown_table, time_windows, write_json
+from benchmarks.timing import child_result, host_info, markdown_table, print_result, time_windows, write_json
 
 
 def _peak_rss_mib():
@@ -105,19 +103,13 @@ def main(argv=None):
     parser.add_argument("--arm", choices=("momentum", "thor"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
     if args.arm:
-        print("RESULT " + json.dumps(measure(args.arm, args)), flush=True)
+        print_result(measure(args.arm, args))
         return None
 
-    passed = [a for a in (argv if argv is not None else sys.argv[1:])]
+    passed = list(argv if argv is not None else sys.argv[1:])
     row = {"image_size": args.image_size, "batch_size": args.batch_size, "frequency": args.frequency}
     for arm in ("momentum", "thor"):
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.thor_step", *passed, "--arm", arm],
-                              capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            sys.exit(f"error: benchmarks.thor_step: the {arm} process failed (exit {proc.returncode}): {tail}")
-        result = json.loads(lines[-1][len("RESULT "):])
+        result = child_result("benchmarks.thor_step", [*passed, "--arm", arm], f"the {arm} process")
         row.update({f"{arm}_{k}": v for k, v in result.items() if k != "arm"})
         print(f"  {arm}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items() if isinstance(v, float)), flush=True)
 
@@ -137,7 +129,8 @@ def main(argv=None):
              f"{row['thor_plain_ms']:.1f} ({row['plain_over_momentum']:.2f}x)",
              f"{row['thor_update_ms']:.1f} ({row['update_over_momentum']:.2f}x)",
              f"{row['amortized_over_momentum']:.2f}x",
-             f"{row['momentum_compile_s']:.1f} / {row['thor_compile_plain_s']:.1f} + {row['thor_compile_update_s']:.1f}",
+             f"{row['momentum_compile_s']:.1f} / {row['thor_compile_plain_s']:.1f} + "
+             f"{row['thor_compile_update_s']:.1f}",
              f"{row['momentum_peak_rss_mib']:.0f} / {row['thor_peak_rss_mib']:.0f}", f"{row['thor_state_mib']:.1f}"]
     print()
     print(markdown_table(header, [cells]))

@@ -3,6 +3,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 
@@ -61,3 +63,19 @@ def markdown_table(header, rows):
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def child_result(module, args, what):
+    """Run ``python -m module *args`` (a benchmark measuring in a process of its own) and return the JSON it
+    printed on its last ``RESULT `` line; exit with one line naming ``what`` when the child fails."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        sys.exit(f"error: {module}: {what} failed (exit {proc.returncode}): {tail}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def print_result(payload):
+    """The child side of ``child_result``."""
+    print("RESULT " + json.dumps(payload), flush=True)

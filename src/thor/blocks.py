@@ -16,16 +16,17 @@ rounding of the inverse). Statistics of a convolution are gathered the same way,
 (N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
 concatenation with zeros and the cut as ``ops.slice``.
 
-Why no transposes on large tensors: on CPU, MindSpore's Transpose kernel keeps an index table of 8 bytes per
-element for every transpose in a compiled graph (a 512 x 4608 gradient: about 19 MiB, for as long as the graph
-lives). The grouped convolution is somewhat slower than transpose + bmm + transpose on that layer but holds a
-quarter of the memory; ``ops.pad`` is far slower than a concatenation; a cut is skipped when nothing is cut
-(python -m benchmarks.thor_ops measures each).
+Why no transposes on large tensors: on CPU, every Transpose kernel in a compiled graph holds memory for as
+long as the graph lives (on a 9 MiB 512 x 4608 gradient a transpose adds 32 MiB, transpose + bmm + transpose
+51 MiB, the grouped convolution 14 MiB, which is somewhat slower on that layer); ``ops.pad`` is far slower than
+a concatenation; a cut is skipped when nothing is cut (python -m benchmarks.thor_ops measures each).
 """
 import math
 
 import mindspore as ms
 from mindspore import ops
+
+from src.train_step import sum_rows
 
 _MATMUL_TA = ops.MatMul(transpose_a=True)
 _MATMUL_TB = ops.MatMul(transpose_b=True)
@@ -41,11 +42,11 @@ def block_layout(dim, split_dim):
 
 
 def _pad_to(x, axis, width):
-    """``x`` zero-padded along ``axis`` (0 or 1 of a 2-D tensor) to ``width``."""
+    """``x`` zero-padded at the end of ``axis`` to ``width`` (a concatenation with zeros)."""
     extra = width - x.shape[axis]
     if extra <= 0:
         return x
-    shape = (extra, x.shape[1]) if axis == 0 else (x.shape[0], extra)
+    shape = tuple(extra if i == axis else n for i, n in enumerate(x.shape))
     return ops.concat((x, ops.zeros(shape, x.dtype)), axis)
 
 
@@ -72,13 +73,6 @@ def block_gram(x, nb, b, scale):
     return _BMM_TA(cols, cols) * scale
 
 
-def _sum_rows(x):
-    """Sum over the first axis of (N, ...) as ones(1, N) @ x: a matrix-vector product at memory speed (the
-    CPU ReduceSum kernel is several times slower)."""
-    n = x.shape[0]
-    return ops.matmul(ops.ones((1, n), x.dtype), ops.reshape(x, (n, -1)))
-
-
 def sample_block_gram(x, nb, b, scale):
     """Diagonal blocks of ``scale * sum_n x_n x_n^T`` for x (N, D, L) (D = features, L = positions): (nb, b, b).
 
@@ -86,17 +80,15 @@ def sample_block_gram(x, nb, b, scale):
     samples; no transpose of the activation. With fewer positions, the per-sample products (N * nb * b * b)
     would outgrow the activation itself, so the column blocks (nb, N * L, b) are formed by one transpose of
     what is then a small tensor and multiplied blockwise."""
-    n, d, positions = x.shape
-    x = ops.cast(x, ms.float32)
-    if nb * b != d:
-        x = ops.concat((x, ops.zeros((n, nb * b - d, positions), ms.float32)), 1)
+    n, _, positions = x.shape
+    x = _pad_to(ops.cast(x, ms.float32), 1, nb * b)
     if 4 * positions < b:  # one transpose (N, nb, b, L) -> (nb, N, L, b), then X_k^T X_k per block
         cols = ops.reshape(ops.transpose(ops.reshape(x, (n, nb, b, positions)), (1, 0, 3, 2)),
                            (nb, n * positions, b))
         return _BMM_TA(cols, cols) * scale
     rows = ops.reshape(x, (n * nb, b, positions))
     per_sample = _BMM_TB(rows, rows)                      # (N * nb, b, b)
-    return ops.reshape(_sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
+    return ops.reshape(sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
 
 
 def block_trace(blocks, dim):
