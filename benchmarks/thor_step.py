@@ -6,20 +6,26 @@
 Two processes, one after the other, each building its training cell as train.py does (same oneDNN cap, loss
 scale 128, ``split_dim`` 128, the default thor_convention):
 
-- ``momentum``: the Momentum step.
+- ``momentum``: a Momentum run alone: its compile time and peak RSS.
 - ``thor``: one THOR run. Its first step is an update step (compiles the update graph: forward with statistics
   capture, backward, factor refresh and inversion, preconditioned step), its second a plain one (compiles the
-  graph without statistics). Then ``--runs`` windows of ``--window`` plain steps and as many of update steps are
-  timed, in the same process, as a real THOR run holds both graphs.
+  graph without statistics); its peak RSS is read then, as a real THOR run holds both graphs. Then a Momentum
+  cell is built in the same process and ``--runs`` rounds are timed, each one window of ``--window`` steps of
+  Momentum, of THOR plain and of THOR update steps, one after the other: the ratios of a round are taken within
+  seconds of each other, so a machine whose speed drifts (this VM's does by 10-30% between minutes) moves all
+  three alike.
 
-Each window ends by reading the loss back; the median window gives ms/step. Reported: THOR's plain and update
-steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1) t_plain) / (F t_momentum),
-F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each process's peak RSS and the
-THOR state (statistics, factors, inverses). Prints a markdown table and writes JSON to ``--output``.
+Each window ends by reading the loss back. Reported: the median over rounds of each step time and of THOR's
+plain and update steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1)
+t_plain) / (F t_momentum), F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each
+run's peak RSS and the THOR state (statistics, factors, inverses). Prints a markdown table and writes JSON to
+``--output``.
 """
 import argparse
+import copy
 import os
 import resource
+import statistics
 import sys
 import time
 
@@ -47,45 +53,67 @@ def measure(arm, args):
     cfg = parse_args(["--device_target", args.device_target, "--net_name", "resnet50", "--class_num", "1000",
                       "--batch_size", str(args.batch_size), "--train_image_size", str(args.image_size),
                       "--loss_scale", "128", "--split_dim", str(args.split_dim), "--epoch_size", "1",
-                      "--warmup_epochs", "0", "--optimizer", "Thor" if arm == "thor" else "Momentum"])
-    ms.set_seed(1)
-    net = network_from_config(cfg)
-    opt = create_optimizer(cfg, net, np.full(steps, 0.01, np.float32))
-    cell = create_train_cell(cfg, NetWithLoss(net, create_loss(cfg)), opt, steps)
+                      "--warmup_epochs", "0", "--optimizer", "Thor"])
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32))
-    rss_built = _peak_rss_mib()
 
-    def step():
-        cell(x, y)[0].asnumpy()
+    def build(optimizer):
+        ms.set_seed(1)
+        run_cfg = copy.copy(cfg)
+        run_cfg.optimizer = optimizer
+        net = network_from_config(run_cfg)
+        opt = create_optimizer(run_cfg, net, np.full(steps, 0.01, np.float32))
+        cell = create_train_cell(run_cfg, NetWithLoss(net, create_loss(run_cfg)), opt, steps)
+        return opt, cell, (lambda: cell(x, y)[0].asnumpy())
 
-    out = {"arm": arm, "rss_built_mib": rss_built}
-    if arm == "momentum":
+    def first_call(step):
         start = time.perf_counter()
         step()
-        first = time.perf_counter() - start
-        t, all_t = time_windows(step, warmup=args.warmup, runs=args.runs, window=args.window)
-        out.update(momentum_ms=t * 1000, momentum_all_ms=[v * 1000 for v in all_t],
-                   compile_s=first - t)
-    else:
-        flags = cell.update_flags
-        flags[:] = True
-        start = time.perf_counter()
-        step()                                    # update graph
-        first_update = time.perf_counter() - start
+        return time.perf_counter() - start
+
+    out = {"arm": arm}
+    if arm == "momentum":
+        _, _, momentum = build("Momentum")
+        first = first_call(momentum)
+        t, _ = time_windows(momentum, warmup=args.warmup, runs=args.runs, window=args.window)
+        out.update(compile_s=first - t, peak_rss_mib=_peak_rss_mib())
+        return out
+
+    opt, cell, thor = build("Thor")
+    flags = cell.update_flags
+    flags[:] = True
+    first_update = first_call(thor)               # update graph
+    flags[:] = False
+    first_plain = first_call(thor)                # plain graph
+    out.update(peak_rss_mib=_peak_rss_mib(), state_mib=opt.state_bytes() / 2 ** 20)
+    _, _, momentum = build("Momentum")
+    first_call(momentum)
+
+    def plain():
         flags[:] = False
-        start = time.perf_counter()
-        step()                                    # plain graph
-        first_plain = time.perf_counter() - start
-        t_plain, plain_all = time_windows(step, warmup=args.warmup, runs=args.runs, window=args.window)
+        thor()
+
+    def update():
         flags[:] = True
-        t_update, update_all = time_windows(step, warmup=args.warmup, runs=args.runs, window=args.window)
-        out.update(plain_ms=t_plain * 1000, plain_all_ms=[v * 1000 for v in plain_all],
-                   update_ms=t_update * 1000, update_all_ms=[v * 1000 for v in update_all],
-                   compile_update_s=first_update - t_update, compile_plain_s=first_plain - t_plain,
-                   state_mib=opt.state_bytes() / 2 ** 20)
-    out["peak_rss_mib"] = _peak_rss_mib()
+        thor()
+
+    for step in (momentum, plain, update):
+        for _ in range(args.warmup):
+            step()
+    rounds = {"momentum": [], "plain": [], "update": []}
+    for _ in range(args.runs):
+        for name, step in (("momentum", momentum), ("plain", plain), ("update", update)):
+            rounds[name].append(time_windows(step, warmup=0, runs=1, window=args.window)[0])
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    out.update({f"{k}_ms": v * 1000 for k, v in med.items()})
+    out.update({f"{k}_all_ms": [t * 1000 for t in v] for k, v in rounds.items()})
+    out["plain_over_momentum"] = statistics.median(p / m for p, m in zip(rounds["plain"], rounds["momentum"]))
+    out["update_over_momentum"] = statistics.median(u / m for u, m in zip(rounds["update"], rounds["momentum"]))
+    f = args.frequency
+    out["amortized_over_momentum"] = statistics.median(
+        (u + (f - 1) * p) / (f * m) for u, p, m in zip(rounds["update"], rounds["plain"], rounds["momentum"]))
+    out.update(compile_update_s=first_update - med["update"], compile_plain_s=first_plain - med["plain"])
     return out
 
 
@@ -113,22 +141,17 @@ def main(argv=None):
         row.update({f"{arm}_{k}": v for k, v in result.items() if k != "arm"})
         print(f"  {arm}: " + ", ".join(f"{k} {v:.1f}" for k, v in result.items() if isinstance(v, float)), flush=True)
 
-    m = row["momentum_momentum_ms"]
-    f = args.frequency
-    row["plain_over_momentum"] = row["thor_plain_ms"] / m
-    row["update_over_momentum"] = row["thor_update_ms"] / m
-    row["amortized_over_momentum"] = (row["thor_update_ms"] + (f - 1) * row["thor_plain_ms"]) / (f * m)
     row["rss_budget_mib"] = row["momentum_peak_rss_mib"] + 2 * row["thor_state_mib"] + 200
     output = args.output or os.path.join("bench_results", f"thor_step_{args.image_size}.json")
     write_json(output, {"host": host_info(), "args": vars(args), "result": row})
 
     header = ["image, batch", "Momentum ms/step", "THOR plain ms/step", "THOR update ms/step",
-              f"amortized, F={f}", "compile s: Momentum / THOR plain + update", "peak RSS MiB: Momentum / THOR",
+              f"amortized, F={args.frequency}", "compile s: Momentum / THOR plain + update", "peak RSS MiB: Momentum / THOR",
               "THOR state MiB"]
-    cells = [f"{args.image_size}, {args.batch_size}", f"{m:.1f}",
-             f"{row['thor_plain_ms']:.1f} ({row['plain_over_momentum']:.2f}x)",
-             f"{row['thor_update_ms']:.1f} ({row['update_over_momentum']:.2f}x)",
-             f"{row['amortized_over_momentum']:.2f}x",
+    cells = [f"{args.image_size}, {args.batch_size}", f"{row['thor_momentum_ms']:.1f}",
+             f"{row['thor_plain_ms']:.1f} ({row['thor_plain_over_momentum']:.2f}x)",
+             f"{row['thor_update_ms']:.1f} ({row['thor_update_over_momentum']:.2f}x)",
+             f"{row['thor_amortized_over_momentum']:.2f}x",
              f"{row['momentum_compile_s']:.1f} / {row['thor_compile_plain_s']:.1f} + "
              f"{row['thor_compile_update_s']:.1f}",
              f"{row['momentum_peak_rss_mib']:.0f} / {row['thor_peak_rss_mib']:.0f}", f"{row['thor_state_mib']:.1f}"]

@@ -6,7 +6,8 @@ from mindspore import Tensor, nn, ops
 
 from src.optim import NetWithLoss
 from src.schedules import thor_update_steps
-from src.thor.blocks import apply_left, apply_right, block_gram, block_layout, block_trace, sample_block_gram
+from src.thor.blocks import (apply_left, apply_right, block_gram, block_layout, block_trace, damped_inverse,
+                             sample_block_gram)
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
@@ -158,6 +159,32 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
     np.testing.assert_allclose(trace, np.trace(dense_a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(right, g64 @ dense_a.T, rtol=1e-5, atol=1e-5)  # each block transposed (symmetric A^-1)
     np.testing.assert_allclose(both, dense_g @ g64 @ dense_a.T, rtol=1e-4, atol=1e-4)
+
+
+class _Inverse(nn.Cell):
+    def construct(self, blocks, damping):
+        return damped_inverse(blocks, damping)
+
+
+def test_damped_inverse_matches_numpy_and_floors_a_damping_float32_cannot_add():
+    """(B + d I)^-1 per block against float64; a block whose damping is below float32's resolution of its
+    diagonal (rank one, entries 1e8, d = 1e-4: singular as stored, an exactly zero pivot that would stop the
+    CPU solver) is inverted with d raised to b * 2^-24 * its largest diagonal entry instead."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 20, 8))
+    spd = np.einsum("kni,knj->kij", x, x) / 20
+    out = _Inverse()(Tensor(spd.astype(np.float32)), Tensor(np.float32(0.05))).asnumpy()
+    np.testing.assert_allclose(out, np.linalg.inv(spd + 0.05 * np.eye(8)), rtol=1e-4, atol=1e-5)
+
+    floor = 8 * 2.0 ** -24 * 1e8
+    diag = np.zeros((2, 8, 8), np.float32)
+    diag[:, np.arange(8), np.arange(8)] = [1e8] + [1.0] * 7
+    out = _Inverse()(Tensor(diag), Tensor(np.float32(1e-4))).asnumpy()
+    np.testing.assert_allclose(np.diagonal(out, 0, 1, 2), np.broadcast_to(1 / (np.diagonal(diag[0]) + floor), (2, 8)),
+                               rtol=1e-5)
+    ones = np.full((2, 8, 8), 1e8, np.float32)  # rank one: the floor is what keeps the solver going
+    assert np.isfinite(_Inverse()(Tensor(ones), Tensor(np.float32(1e-4))).asnumpy()).all()
 
 
 class _OneConv(nn.Cell):

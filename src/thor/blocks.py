@@ -32,6 +32,8 @@ _MATMUL_TA = ops.MatMul(transpose_a=True)
 _MATMUL_TB = ops.MatMul(transpose_b=True)
 _BMM_TB = ops.BatchMatMul(transpose_b=True)
 _BMM_TA = ops.BatchMatMul(transpose_a=True)
+_SOLVE = ops.MatrixSolve()
+_UNIT_ROUNDOFF = 2.0 ** -24  # float32
 
 
 def block_layout(dim, split_dim):
@@ -91,18 +93,33 @@ def sample_block_gram(x, nb, b, scale):
     return ops.reshape(sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
 
 
-def block_trace(blocks, dim):
-    """Trace of the block-diagonal matrix restricted to its first ``dim`` rows (padding excluded)."""
-    nb, b, _ = blocks.shape
-    diag = ops.reshape(ops.diagonal(blocks, 0, -2, -1), (1, nb * b))
-    return _cut_to(diag, 1, dim).sum()
+def block_diagonal(blocks):
+    """The diagonal of every block: (nb, b, b) -> (nb, b)."""
+    return ops.diagonal(blocks, 0, -2, -1)
 
 
-def damped_inverse(blocks, damping):
-    """``(B + damping * I)^-1`` for every block of ``blocks`` (nb, b, b)."""
+def block_trace(blocks, dim, diag=None):
+    """Trace of the block-diagonal matrix restricted to its first ``dim`` rows (padding excluded);
+    ``diag``: ``block_diagonal(blocks)`` when the caller has it already."""
     nb, b, _ = blocks.shape
+    diag = block_diagonal(blocks) if diag is None else diag
+    return _cut_to(ops.reshape(diag, (1, nb * b)), 1, dim).sum()
+
+
+def damped_inverse(blocks, damping, diag=None):
+    """``(B + d I)^-1`` for every block of ``blocks`` (nb, b, b), as the solution X of (B + d I) X = I (LU with
+    partial pivoting: three times faster on CPU than ``ops.inverse`` and as exact; python -m benchmarks.thor_ops).
+
+    d = max(damping, b * 2^-24 * the block's largest diagonal entry). The floor matters only when the damping
+    is below what float32 can add to that diagonal: the block is then singular as stored, and the CPU solver
+    stops the process on an exactly zero pivot rather than returning a non-finite value the caller could
+    discard. The blocks must be finite (the optimizer zeroes non-finite entries first and discards the
+    result). ``diag``: ``block_diagonal(blocks)`` when the caller has it already."""
+    nb, b, _ = blocks.shape
+    diag = block_diagonal(blocks) if diag is None else diag
     eye = ops.broadcast_to(ops.eye(b, b, ms.float32), (nb, b, b))
-    return ops.inverse(blocks + damping * eye)
+    shift = ops.maximum(damping, ops.reshape(diag.max(axis=1), (nb, 1, 1)) * (b * _UNIT_ROUNDOFF))
+    return _SOLVE(blocks + shift * eye, eye)
 
 
 def apply_right(grad, inv, nb, b):

@@ -17,7 +17,9 @@ Per preconditioned layer l (Conv2d/Dense weight W_l; see capture.py for A and G)
   ``kfac`` is the textbook form (Grosse & Martens 2016, kfac-pytorch) with one damping for both factors.
 
   lambda is the damping of the step (damping_i = max(damping_init * damping_decay^(e/10), damping_min),
-  schedules.py). The factors are symmetrised ((A + A^T) / 2) before inversion. When a new factor or
+  schedules.py). The factors are symmetrised ((A + A^T) / 2) before inversion; each damped block is
+  inverted by an LU solve, with its damping floored at b * 2^-24 times its largest diagonal entry, where
+  float32 could no longer add it (blocks.damped_inverse). When a new factor or
   inverse holds a non-finite value, the layer keeps its last good factors and inverse, and
   ``thor_nonfinite`` counts the event (the trainer logs a warning).
 
@@ -49,7 +51,7 @@ from mindspore.context import ParallelMode
 from mindspore.nn.optim.momentum import _momentum_opt
 from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
 
-from src.thor.blocks import apply_left, apply_right, block_trace, damped_inverse
+from src.thor.blocks import apply_left, apply_right, block_diagonal, block_trace, damped_inverse
 from src.train_step import _grad_sum_tensor
 
 
@@ -157,19 +159,23 @@ class Thor(nn.Momentum):
             # Exactly symmetric factors (summation order can leave A != A^T in the last bits).
             a = (a + ops.transpose(a, (0, 2, 1))) * 0.5
             g = (g + ops.transpose(g, (0, 2, 1))) * 0.5
+            factors_ok = ops.logical_and(_all_finite(a), _all_finite(g))
+            # the solver must see finite blocks; a layer with a non-finite factor keeps its last inverse anyway
+            a_in = ops.nan_to_num(a, 0.0, 0.0, 0.0)
+            g_in = ops.nan_to_num(g, 0.0, 0.0, 0.0)
+            diag_a, diag_g = block_diagonal(a_in), block_diagonal(g_in)
             if self.split_damping:  # the mindspore convention: lambda / T on A, lambda * T on G
                 positions = ops.depend(self.positions[l], gradients)
-                a_inv = damped_inverse(a, ops.sqrt(damping / positions))
-                g_inv = damped_inverse(g, ops.sqrt(damping * positions))
+                a_inv = damped_inverse(a_in, ops.sqrt(damping / positions), diag_a)
+                g_inv = damped_inverse(g_in, ops.sqrt(damping * positions), diag_g)
             else:
-                a_inv = damped_inverse(a, sqrt_damping)
-                g_inv = damped_inverse(g, sqrt_damping)
-            factors_ok = ops.logical_and(_all_finite(a), _all_finite(g))
+                a_inv = damped_inverse(a_in, sqrt_damping, diag_a)
+                g_inv = damped_inverse(g_in, sqrt_damping, diag_g)
             finite = ops.logical_and(factors_ok, ops.logical_and(_all_finite(a_inv), _all_finite(g_inv)))
             refresh = finite
             d_in, d_out = self.dims[l]
-            tr_a = block_trace(a, d_in)
-            tr_g = block_trace(g, d_out)
+            tr_a = block_trace(a_in, d_in, diag_a)  # equal to a's trace whenever the layer refreshes
+            tr_g = block_trace(g_in, d_out, diag_g)
             new_frozen = frozen
             if self.trace_mode:
                 extra = damping * float(d_in * d_out)
@@ -178,7 +184,8 @@ class Thor(nn.Momentum):
                 tr_prev = ref[0] * ref[1] + extra
                 delta = ops.abs(tr_new - tr_prev) / tr_prev
                 changed = ops.logical_or(ops.logical_not(seen), delta > self.trace_w1)
-                new_frozen = ops.logical_or(frozen, ops.logical_and(seen, delta < self.trace_w2))
+                settled = ops.logical_and(ops.logical_and(seen, factors_ok), delta < self.trace_w2)
+                new_frozen = ops.logical_or(frozen, settled)
                 refresh = ops.logical_and(refresh, ops.logical_and(changed, ops.logical_not(frozen)))
             keep_factors = ops.logical_and(ops.logical_not(frozen), factors_ok)
             ops.assign(self.a_avg[l], _pick(keep_factors, a, self.a_avg[l]))
