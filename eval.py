@@ -19,7 +19,6 @@ from src.errors import UserError, cli_main, data_errors
 from src.evaluate import LogitsCell, evaluate
 from src.resnet import network_from_config
 
-
 USAGE = "eval.py --checkpoint_path CKPT_OR_DIR [--data_path VAL_DIR] [--config_path FILE] [--key value ...]"
 OPTIONS = [
     Option("checkpoint_path", str, required=True, help="a checkpoint, or a folder: every .ckpt in step order"),

@@ -11,8 +11,8 @@ is the logits. The file is written under a temporary name and renamed when compl
 import os
 import sys
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 
 from src import runtime
@@ -27,7 +27,8 @@ USAGE = ("export.py --checkpoint_path CKPT [--file_format MINDIR|AIR|ONNX] [--ba
 OPTIONS = [
     Option("checkpoint_path", str, required=True, help="the checkpoint to export"),
     Option("file_format", str, "MINDIR", help="MINDIR | AIR (Ascend only) | ONNX"),
-    Option("batch_size", int, 1, help="batch dimension of the exported input", check=(lambda v: v >= 1, "must be >= 1")),
+    Option("batch_size", int, 1, help="batch dimension of the exported input",
+           check=(lambda v: v >= 1, "must be >= 1")),
     Option("image_size", int, None, help="input height and width (default: eval_image_size of the config)",
            check=(lambda v: v >= 8, "must be >= 8")),
     Option("file_name", str, None, help="output name, extension added (default: the checkpoint's name)"),
@@ -75,7 +76,8 @@ def check_export(network, path, fmt, shape, seed):
 @cli_main
 def main(argv=None):
     opts, argv = parse_script_args(sys.argv[1:] if argv is None else argv, OPTIONS, USAGE, __doc__)
-    ckpt_path, batch, size, name, verify = opts.checkpoint_path, opts.batch_size, opts.image_size, opts.file_name, opts.verify
+    ckpt_path, batch, size = opts.checkpoint_path, opts.batch_size, opts.image_size
+    name, verify = opts.file_name, opts.verify
     fmt = opts.file_format.upper()
     if fmt not in FORMATS:
         raise UserError(f"command line: --file_format {fmt!r} is not one of {', '.join(FORMATS)}")

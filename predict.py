@@ -13,8 +13,8 @@ name; the others are still classified and the exit status is 2.
 import json
 import sys
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 
 from src import runtime
 from src.entry import Option, config_for_checkpoint, load_network, parse_script_args, print_script_help, wants_help

@@ -10,7 +10,6 @@ import os
 import shutil
 import sys
 
-import mindspore.dataset as ds
 from mindspore import Model
 
 from src import checkpoint, runtime
@@ -23,11 +22,8 @@ from src.evaluate import LogitsCell, evaluate
 from src.logger import Logger
 from src.optim import NetWithLoss, apply_amp, create_loss, create_optimizer, create_train_cell
 from src.resnet import network_from_config
+from src.resume import find_resume, restore, schedule_position
 from src.schedules import lr_from_config
-from src.thor.trainer import ThorTrainer
-
-
-SCHEDULE_PARAMS = ("learning_rate", "thor.damping")
 
 
 def prepare_output(cfg, rank):
@@ -59,18 +55,6 @@ def check_free_space(folder, cell, keep):
     return need
 
 
-def find_resume(cfg, out, log):
-    """``(path, params)`` of the checkpoint to resume from, ``(None, None)`` for a fresh start. ``auto``
-    picks the newest readable checkpoint in ``out`` (or none); a file path is read here."""
-    if not cfg.resume_ckpt:
-        return None, None
-    if cfg.resume_ckpt != "auto":
-        return cfg.resume_ckpt, checkpoint.read(cfg.resume_ckpt)
-    path, params = checkpoint.latest_loadable(out, cfg.net_name, warn=log.warning)
-    log(f"resume_ckpt auto: {path or 'no checkpoint in ' + out + ', starting from scratch'}")
-    return path, params
-
-
 def load_pretrained(network, cfg, log):
     """Initialise ``network`` from ``cfg.pre_trained`` (weights only). With ``filter_weight`` the classifier
     is not loaded (fine-tuning to another ``class_num``); without it a classifier of another size is an error."""
@@ -85,9 +69,8 @@ def load_pretrained(network, cfg, log):
         + (" (classifier left at its initial value: filter_weight)" if cfg.filter_weight else ""))
 
 
-@cli_main
-def main(argv=None):
-    cfg = parse_args(argv)
+def start_run(cfg):
+    """Runtime, output folder, logger, saved config; ``(rank, group, out, log)``."""
     rank, group = runtime.setup(cfg)
     out = prepare_output(cfg, rank)
     log = Logger(out, rank, group, "train")
@@ -99,84 +82,24 @@ def main(argv=None):
         save_config(cfg, os.path.join(out, "config.yaml"))
         for path in checkpoint.remove_stale_temporaries(out):
             log.warning(f"removed {path}, a checkpoint that a killed run did not finish writing")
-    resume_path, params = find_resume(cfg, out, log)
+    return rank, group, out, log
 
+
+def build_data(cfg, rank, group, out, log):
+    """Training (this rank's shard) and validation datasets; the class order is saved beside the outputs."""
     apply_policy(cfg.bad_images)
     train_ds, classes = dataset_from_config(cfg, train=True, rank=rank, group_size=group, warn=log.warning)
-    steps_per_epoch = train_ds.get_dataset_size()
     eval_ds = dataset_from_config(cfg, train=False, rank=0, group_size=1, warn=log.warning)[0] if cfg.run_eval else None
     if rank == 0:
         with open(os.path.join(out, "class_indexing.json"), "w", encoding="utf-8") as f:
             json.dump({name: i for i, name in enumerate(classes)}, f, indent=1)
+    return train_ds, eval_ds
 
-    network = network_from_config(cfg)
-    if cfg.pre_trained:
-        load_pretrained(network, cfg, log)
-    lr = lr_from_config(cfg, steps_per_epoch)
-    optimizer = create_optimizer(cfg, network, lr)
-    train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer,
-                                   steps_per_epoch)
 
-    damping = optimizer.damping.asnumpy() if isinstance(train_cell, ThorTrainer) else None
-
-    def state_at(step):
-        """The schedule position saved with a checkpoint: lr (and damping) of the next step."""
-        i = min(step, len(lr) - 1)
-        return {"lr": float(lr[i]), **({"damping": float(damping[i])} if damping is not None else {})}
-
-    initial_epoch = 0
-    if resume_path:
-        info = checkpoint.meta(params)
-        if info["epoch_num"] is None:
-            raise UserError(f"{resume_path}: no epoch recorded; not a training checkpoint of this repository")
-        # The lr and damping arrays are rebuilt from the config (their length follows epoch_size, so a run can
-        # be extended); the position in them is the optimizer's global step, restored with the rest.
-        checkpoint.load_into(train_cell, params, resume_path, skip=SCHEDULE_PARAMS)
-        initial_epoch = int(info["epoch_num"])
-        if info["step_num"] != initial_epoch * steps_per_epoch:
-            raise UserError(f"{resume_path}: saved at step {info['step_num']} of epoch {initial_epoch}, which does "
-                            f"not match {steps_per_epoch} steps per epoch of this dataset and batch_size")
-        if initial_epoch >= cfg.epoch_size:
-            raise UserError(f"{resume_path}: already at epoch {initial_epoch} of epoch_size {cfg.epoch_size}")
-        now = state_at(info["step_num"])
-        for key in ("lr", "damping"):  # a changed recipe is allowed, but said out loud
-            if info.get(key) is not None and key in now and abs(info[key] - now[key]) > 1e-6 * max(abs(now[key]), 1e-12):
-                log.warning(f"{key} at step {info['step_num']} is {now[key]:.6g} with this config, {info[key]:.6g} in "
-                            f"{resume_path}: the schedule changed since the checkpoint")
-        if isinstance(train_cell, ThorTrainer):
-            train_cell.sync_counters()
-        # Continue the data order where the run stopped: the shuffle state is restored and the samples already
-        # seen are skipped without decoding them (random crops then differ from an uninterrupted run), or
-        # with resume_replay_data the pipeline is replayed so that they repeat bit for bit.
-        ds.config.set_fast_recovery(not cfg.resume_replay_data)
-        train_ds.set_init_step(info["step_num"])
-        log(f"resumed from {resume_path} at epoch {initial_epoch} (global step {info['step_num']}, "
-            + ", ".join(f"{k} {v:.6g}" for k, v in now.items()) + ")")
-
-    global_batch = cfg.batch_size * group
-    n_params = sum(p.size for p in network.trainable_params())
-    log(f"{cfg.net_name} ({n_params:,} parameters), {cfg.optimizer}, {cfg.device_target}, "
-        f"{'synthetic data' if not cfg.data_path else cfg.data_path}: {steps_per_epoch} steps/epoch x "
-        f"{cfg.epoch_size} epochs, batch {cfg.batch_size} x {group} device(s); output in {out}")
-
-    extra = None
-    if isinstance(train_cell, ThorTrainer):
-        layers = len(optimizer.thor_layers)
-        updates = int(train_cell.update_flags.sum())
-        log(f"THOR: {layers} preconditioned layers, split_dim {cfg.split_dim}, {cfg.thor_mode} mode, "
-            f"{updates} update steps in {len(train_cell.update_flags)}, state {optimizer.state_bytes() / 2**20:.1f} MiB")
-        train_cell.warn = log.warning
-
-        def thor_fields():
-            info = {"damping": float(damping[min(train_cell.global_step(), len(damping) - 1)])}
-            if train_cell.last_update is not None:
-                info["thor_refreshed"] = f"{train_cell.last_update[1]}/{layers}@{train_cell.last_update[0]}"
-            return info
-        extra = thor_fields
-
-    metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
-    monitor = TrainMonitor(lr, steps_per_epoch, cfg.epoch_size, global_batch, cfg.log_interval, metrics, log,
-                           extra=extra, overflow_stop=cfg.overflow_stop_steps)
+def build_callbacks(cfg, run, train_cell, network, eval_ds, lr, state_at, steps_per_epoch):
+    """Progress monitor, checkpoints (rank 0, or every rank with checkpoint_all_ranks) and evaluation (rank 0)."""
+    rank, group, out, log, metrics = run
+    monitor = TrainMonitor(cfg, lr, steps_per_epoch, cfg.batch_size * group, metrics, log, extra=train_cell.log_fields)
     callbacks = [monitor]
     ckpt_dir = out if rank == 0 else None
     if group > 1 and cfg.checkpoint_all_ranks:
@@ -184,32 +107,65 @@ def main(argv=None):
         os.makedirs(ckpt_dir, exist_ok=True)
     if cfg.save_checkpoint and ckpt_dir:
         check_free_space(ckpt_dir, train_cell, cfg.keep_checkpoint_max)
-        callbacks.append(CheckpointSaver(train_cell, ckpt_dir, cfg.net_name, cfg.save_checkpoint_epochs,
-                                         cfg.keep_checkpoint_max, cfg.epoch_size, steps_per_epoch, cfg, log,
-                                         meta_at=state_at))
+        callbacks.append(CheckpointSaver(cfg, train_cell, ckpt_dir, steps_per_epoch, log, meta_at=state_at))
     evaluator = None
     if cfg.run_eval and rank == 0:
         eval_cell = LogitsCell(network)
-        evaluator = EvalCallback(lambda: evaluate(eval_cell, eval_ds, network), cfg.eval_interval, cfg.epoch_size,
-                                 steps_per_epoch, train_cell, out, cfg.net_name, cfg, metrics, log,
-                                 save_best=cfg.save_checkpoint, meta_at=state_at)
+        evaluator = EvalCallback(cfg, lambda: evaluate(eval_cell, eval_ds, network), train_cell, out, steps_per_epoch,
+                                 metrics, log, meta_at=state_at)
         callbacks.append(evaluator)
+    return callbacks, monitor, evaluator
 
-    model = Model(train_cell)
-    native = NativeLogFilter(lambda path, reason: log.warning(f"skipped unreadable image {path} ({reason})",
-                                                              write=native.write))
-    with data_errors(), native:
-        model.train(cfg.epoch_size, train_ds, callbacks=callbacks, dataset_sink_mode=cfg.dataset_sink_mode,
-                    initial_epoch=initial_epoch)
 
+def summarize(cfg, steps_per_epoch, monitor, evaluator, skipped):
     summary = {"epochs": cfg.epoch_size, "steps": cfg.epoch_size * steps_per_epoch,
                "loss": monitor.history[-1]["loss"] if monitor.history else None,
                "img_per_s": monitor.history[-1]["img_per_s"] if monitor.history else None,
-               "overflow_steps": monitor.overflows, "bad_images_skipped": native.count()}
+               "overflow_steps": monitor.overflows, "bad_images_skipped": skipped}
     if evaluator and evaluator.results:
         last = evaluator.results[-1]
         summary.update(top1=last["top1"], top5=last["top5"], images=last["images"],
                        best_top1=evaluator.best["top1"], best_epoch=evaluator.best["epoch"])
+    return summary
+
+
+@cli_main
+def main(argv=None):
+    cfg = parse_args(argv)
+    rank, group, out, log = start_run(cfg)
+    resume_path, params = find_resume(cfg, out, log)
+    train_ds, eval_ds = build_data(cfg, rank, group, out, log)
+    steps_per_epoch = train_ds.get_dataset_size()
+
+    network = network_from_config(cfg)
+    if cfg.pre_trained:
+        load_pretrained(network, cfg, log)
+    lr = lr_from_config(cfg, steps_per_epoch)
+    optimizer = create_optimizer(cfg, network, lr)
+    train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer,
+                                   steps_per_epoch, warn=log.warning)
+    state_at = schedule_position(lr, optimizer)
+    initial_epoch = 0
+    if resume_path:
+        initial_epoch = restore(cfg, train_cell, params, resume_path, steps_per_epoch, state_at, train_ds, log)
+
+    n_params = sum(p.size for p in network.trainable_params())
+    log(f"{cfg.net_name} ({n_params:,} parameters), {cfg.optimizer}, {cfg.device_target}, "
+        f"{'synthetic data' if not cfg.data_path else cfg.data_path}: {steps_per_epoch} steps/epoch x "
+        f"{cfg.epoch_size} epochs, batch {cfg.batch_size} x {group} device(s); output in {out}")
+    if train_cell.describe():
+        log(train_cell.describe())
+    metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
+    callbacks, monitor, evaluator = build_callbacks(cfg, (rank, group, out, log, metrics), train_cell, network,
+                                                    eval_ds, lr, state_at, steps_per_epoch)
+
+    native = NativeLogFilter(lambda path, reason: log.warning(f"skipped unreadable image {path} ({reason})",
+                                                              write=native.write))
+    with data_errors(), native:
+        Model(train_cell).train(cfg.epoch_size, train_ds, callbacks=callbacks,
+                                dataset_sink_mode=cfg.dataset_sink_mode, initial_epoch=initial_epoch)
+
+    summary = summarize(cfg, steps_per_epoch, monitor, evaluator, native.count())
     log("training finished: " + json.dumps(summary))
     metrics.write(event="done", **summary)
     return summary

@@ -9,8 +9,8 @@ BatchNorm (training forward + backward), the classifier MatMul, and THOR's Batch
 inverse. oneDNN reads its ISA cap once per process, so each setting runs in a child process of its own
 (with ``ONEDNN_MAX_CPU_ISA`` set, ``none`` = unset). Each op: warm-up, then up to ``--runs`` timed windows
 (of enough calls to last 0.1 s) within a ``--budget`` of seconds (a slow path is still measured, just fewer
-times); the median is reported. Prints a markdown table (ms per call, the fastest setting per op, and each setting's total)
-and writes JSON.
+times); the median is reported. Prints a markdown table (ms per call, the fastest setting per op, and each
+setting's total) and writes JSON.
 """
 import argparse
 import json
@@ -40,8 +40,8 @@ def conv_cases(batch):
 
 def build_ops(batch):
     """``[(op name, shape text, callable that launches the op and returns its output)]``, PYNATIVE mode."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn, ops
     from mindspore.ops.operations import _grad_ops
 

@@ -37,8 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def child_ms(args):
     """Raw MindSpore training step or forward pass on one fixed batch."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn
 
     from src import host
@@ -105,7 +105,7 @@ def run_child(kind, size, batch, args, python=None):
     cmd = [python or sys.executable, "-m", "benchmarks.side_by_side", "--child", kind, "--size", str(size),
            "--batch", str(batch), "--warmup", str(args.warmup), "--runs", str(args.runs), "--window",
            str(args.window), "--cpu_isa_cap", args.cpu_isa_cap]
-    proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind} failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -24,8 +24,8 @@ def main(argv=None):
     parser.add_argument("--output", default="bench_results/stem_pool.json")
     args = parser.parse_args(argv)
 
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn
 
     from src import host
@@ -57,8 +57,8 @@ def main(argv=None):
         out = cell(x).asnumpy()
         reference = out if reference is None else reference
         grad = ms.grad(cell)
-        fwd, _ = time_windows(lambda: cell(x).asnumpy(), warmup=1, runs=args.runs)
-        both, _ = time_windows(lambda: grad(x).asnumpy(), warmup=1, runs=args.runs)
+        fwd, _ = time_windows(lambda cell=cell: cell(x).asnumpy(), warmup=1, runs=args.runs)
+        both, _ = time_windows(lambda grad=grad: grad(x).asnumpy(), warmup=1, runs=args.runs)
         results[form] = {"forward_ms": fwd * 1000, "forward_backward_ms": both * 1000,
                          "max_abs_diff": float(np.abs(out - reference).max())}
     rows = [[f, f"{r['forward_ms']:.1f}", f"{r['forward_backward_ms']:.1f}", f"{r['max_abs_diff']:.1g}"]

@@ -122,8 +122,8 @@ REDUCTIONS = ("isfinite(g).all() per gradient", "ReduceSum per gradient", "ours:
 
 
 def child(args):
-    import numpy as np
     import mindspore as ms
+    import numpy as np
 
     from src import host
     from src.config import parse_args

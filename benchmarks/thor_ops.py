@@ -103,8 +103,8 @@ def _op(name):
 
 def measure(name, copies, runs):
     """Child process: compile ``copies`` uses of the op, time and size them."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
     from mindspore import nn
 
     from src import host

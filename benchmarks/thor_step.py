@@ -38,8 +38,8 @@ def _peak_rss_mib():
 
 def measure(arm, args):
     """Runs in the child process: build, compile, time. Returns a dict."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
 
     from src import host
     from src.config import parse_args
@@ -146,8 +146,8 @@ def main(argv=None):
     write_json(output, {"host": host_info(), "args": vars(args), "result": row})
 
     header = ["image, batch", "Momentum ms/step", "THOR plain ms/step", "THOR update ms/step",
-              f"amortized, F={args.frequency}", "compile s: Momentum / THOR plain + update", "peak RSS MiB: Momentum / THOR",
-              "THOR state MiB"]
+              f"amortized, F={args.frequency}", "compile s: Momentum / THOR plain + update",
+              "peak RSS MiB: Momentum / THOR", "THOR state MiB"]
     cells = [f"{args.image_size}, {args.batch_size}", f"{row['thor_momentum_ms']:.1f}",
              f"{row['thor_plain_ms']:.1f} ({row['thor_plain_over_momentum']:.2f}x)",
              f"{row['thor_update_ms']:.1f} ({row['thor_update_over_momentum']:.2f}x)",

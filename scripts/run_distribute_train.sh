@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Data-parallel training on Ascend with an HCCL rank table: one process per device of this server.
 #
-#   bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [-- train.py args]
+#   bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [--] [train.py args]
 #
-# CONFIG_PATH defaults to default_config.yaml; RESUME_CKPT may be "" (none). Anything after the fourth
-# argument is passed to train.py. Environment:
+# CONFIG_PATH defaults to default_config.yaml; RESUME_CKPT may be "" (none). The positional arguments end at
+# the fourth, at "--" or at the first argument starting with "-"; the rest is passed to train.py. Environment:
 #   SERVER_ID     this server's server_id in a multi-server table (default: found from this host's addresses)
 #   OUTPUT_DIR    checkpoints, metrics and config of the run [./output]
 #   RUN_DIR       one working folder and log per rank: RUN_DIR/rank_<k>/log [./run_distribute]
@@ -12,21 +12,25 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
-if [ $# -lt 2 ]; then
-  echo "usage: bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [train.py args]" >&2
+POS=()
+while [ $# -gt 0 ] && [ ${#POS[@]} -lt 4 ]; do
+  case "$1" in --) break ;; -*) break ;; *) POS+=("$1"); shift ;; esac
+done
+[ "${1:-}" = "--" ] && shift
+if [ ${#POS[@]} -lt 2 ]; then
+  echo "usage: bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [--] [train.py args]" >&2
   exit 2
 fi
-RANK_TABLE_FILE="$(realpath -m "$1")"
-DATA_PATH="$(realpath -m "$2")"
-CONFIG_PATH="$(realpath -m "${3:-$ROOT/default_config.yaml}")"
-RESUME_CKPT="${4:-}"
-shift $(( $# < 4 ? $# : 4 ))
+RANK_TABLE_FILE="$(realpath -m "${POS[0]}")"
+DATA_PATH="$(realpath -m "${POS[1]}")"
+CONFIG_PATH="$(realpath -m "${POS[2]:-$ROOT/default_config.yaml}")"
+RESUME_CKPT="${POS[3]:-}"
 OUTPUT_DIR="$(realpath -m "${OUTPUT_DIR:-./output}")"
 RUN_DIR="$(realpath -m "${RUN_DIR:-./run_distribute}")"
 
 [ -f "$CONFIG_PATH" ] || { echo "error: config file not found: $CONFIG_PATH" >&2; exit 2; }
 [ -d "$DATA_PATH" ] || { echo "error: data folder not found: $DATA_PATH" >&2; exit 2; }
-PLAN="$("$PYTHON" "$ROOT/scripts/rank_table.py" check "$RANK_TABLE_FILE" ${SERVER_ID:+--server_id "$SERVER_ID"})" || exit 2
+PLAN="$(PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m tools.rank_table check "$RANK_TABLE_FILE" ${SERVER_ID:+--server_id "$SERVER_ID"})" || exit 2
 
 LOCAL_RANKS=$(printf '%s\n' "$PLAN" | wc -l)
 CORES=$(nproc)
@@ -61,7 +65,6 @@ done <<< "$PLAN"
 [ "${DRY_RUN:-0}" = "1" ] && exit 0
 
 # Wait for all ranks; when one fails, stop the others and name it.
-STATUS=0
 while [ ${#PIDS[@]} -gt 0 ]; do
   for i in "${!PIDS[@]}"; do
     if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
@@ -76,4 +79,3 @@ while [ ${#PIDS[@]} -gt 0 ]; do
   sleep 2
 done
 echo "all ranks finished; outputs in $OUTPUT_DIR"
-exit $STATUS

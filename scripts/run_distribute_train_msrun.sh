@@ -43,7 +43,7 @@ if [ "$STATUS" -ne 0 ]; then
   fi
   HINT=""
   if [ "$CODE" = "-8" ]; then
-    HINT=" (SIGFPE: MindSpore's JPEG decoder crashes on some truncated files; run scripts/check_dataset.py on the data)"
+    HINT=" (SIGFPE: MindSpore's JPEG decoder crashes on some truncated files; run python -m tools.check_dataset on the data)"
   fi
   if [ -n "$RANK" ]; then
     echo "error: distributed training failed: rank $RANK (pid $PID) exited first with code $CODE$HINT; the job was stopped (logs in $LOG_DIR)" >&2

@@ -9,6 +9,6 @@ set +e
 "${PYTHON:-python}" "$ROOT/train.py" "$@"
 STATUS=$?
 if [ "$STATUS" -eq 136 ]; then
-  echo "error: train.py was killed by SIGFPE: MindSpore's JPEG decoder crashes on some truncated files; run scripts/check_dataset.py on the data, then resume with --resume_ckpt auto" >&2
+  echo "error: train.py was killed by SIGFPE: MindSpore's JPEG decoder crashes on some truncated files; run python -m tools.check_dataset on the data, then resume with --resume_ckpt auto" >&2
 fi
 exit "$STATUS"

@@ -39,16 +39,15 @@ class TrainMonitor(Callback):
     training with a message naming the step; a step with non-finite gradients (loss-scale overflow) is
     skipped by the train step and counted here, and ``overflow_stop`` of them in a row stop training."""
 
-    def __init__(self, lr, steps_per_epoch, total_epochs, global_batch, log_interval, metrics, log=print,
-                 extra=None, overflow_stop=0):
+    def __init__(self, cfg, lr, steps_per_epoch, global_batch, metrics, log=print, extra=None):
         super().__init__()
-        self.overflow_stop = overflow_stop  # stop after this many overflow steps in a row (0 = never)
+        self.overflow_stop = cfg.overflow_stop_steps  # stop after this many overflow steps in a row (0 = never)
         self.overflow_run = 0
         self.lr = lr
         self.spe = steps_per_epoch
-        self.total_epochs = total_epochs
+        self.total_epochs = cfg.epoch_size
         self.global_batch = global_batch
-        self.log_interval = log_interval
+        self.log_interval = cfg.log_interval
         self.metrics = metrics
         self.log = log
         self.extra = extra  # optional callable returning a dict of extra fields (e.g. THOR damping)
@@ -120,23 +119,21 @@ class TrainMonitor(Callback):
 
 
 class CheckpointSaver(Callback):
-    """Every ``every`` epochs and after the last one: ``<prefix>-<epoch>_<step>.ckpt`` written atomically,
-    keeping the newest ``keep_max``."""
+    """Every ``save_checkpoint_epochs`` epochs and after the last one: ``<net_name>-<epoch>_<step>.ckpt`` written
+    atomically, keeping the newest ``keep_checkpoint_max``."""
 
-    def __init__(self, cell, folder, prefix, every, keep_max, total_epochs, steps_per_epoch, cfg, log=print,
-                 meta_at=None):
+    def __init__(self, cfg, cell, folder, steps_per_epoch, log=print, meta_at=None):
         super().__init__()
         self.meta_at = meta_at or (lambda step: {})  # extra metadata for the state at a global step
         self.spe = steps_per_epoch
         self.cell = cell
         self.folder = folder
-        self.prefix = prefix
-        self.every = every
-        self.keep_max = keep_max
-        self.total_epochs = total_epochs
+        self.prefix = cfg.net_name
+        self.every = cfg.save_checkpoint_epochs
+        self.keep_max = cfg.keep_checkpoint_max
+        self.total_epochs = cfg.epoch_size
         self.cfg = cfg
         self.log = log
-        self.last = None
 
     def on_train_epoch_end(self, run_context):
         cb = run_context.original_args()
@@ -146,7 +143,6 @@ class CheckpointSaver(Callback):
         step = epoch * self.spe
         path = os.path.join(self.folder, f"{self.prefix}-{epoch}_{step}.ckpt")
         checkpoint.save(self.cell, path, epoch, step, self.cfg, self.meta_at(step))
-        self.last = path
         self.log(f"saved checkpoint {path}")
         old = checkpoint.list_checkpoints(self.folder, self.prefix)
         for stale in old[:-self.keep_max] if len(old) > self.keep_max else []:
@@ -154,24 +150,23 @@ class CheckpointSaver(Callback):
 
 
 class EvalCallback(Callback):
-    """Every ``interval`` epochs and after the last one: top-1/top-5 on the validation set, logged and
-    recorded; the best top-1 so far is saved as ``<prefix>-best.ckpt``."""
+    """Every ``eval_interval`` epochs and after the last one: top-1/top-5 on the validation set, logged and
+    recorded; with ``save_checkpoint`` the best top-1 so far is saved as ``<net_name>-best.ckpt``."""
 
-    def __init__(self, eval_fn, interval, total_epochs, steps_per_epoch, cell, folder, prefix, cfg, metrics,
-                 log=print, save_best=True, meta_at=None):
+    def __init__(self, cfg, eval_fn, cell, folder, steps_per_epoch, metrics, log=print, meta_at=None):
         super().__init__()
         self.meta_at = meta_at or (lambda step: {})
         self.spe = steps_per_epoch
         self.eval_fn = eval_fn
-        self.interval = interval
-        self.total_epochs = total_epochs
+        self.interval = cfg.eval_interval
+        self.total_epochs = cfg.epoch_size
         self.cell = cell
         self.folder = folder
-        self.prefix = prefix
+        self.prefix = cfg.net_name
         self.cfg = cfg
         self.metrics = metrics
         self.log = log
-        self.save_best = save_best
+        self.save_best = cfg.save_checkpoint
         self.best = None
         self.results = []
 

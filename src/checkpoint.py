@@ -113,17 +113,15 @@ def meta(params):
     return out
 
 
-def load_into(cell, params, path, allow_missing=(), skip=()):
+def load_into(cell, params, path, skip=()):
     """Copy ``params`` into ``cell`` after checking that every parameter of ``cell`` is present with the
-    same shape. ``allow_missing`` lists name prefixes that may be absent (kept at their initial value);
-    ``skip`` lists name prefixes not to load at all. Raises a UserError naming the first mismatch."""
+    same shape; ``skip`` lists name prefixes not to load at all. Raises a UserError naming the first
+    mismatch."""
     wanted = {}
     for p in cell.get_parameters():
         if any(p.name.startswith(s) for s in skip):
             continue
         if p.name not in params:
-            if any(p.name.startswith(s) for s in allow_missing):
-                continue
             raise UserError(f"{path}: does not match the network: parameter '{p.name}' is missing "
                             f"(wrong net_name, or a checkpoint of another model?)")
         src = params[p.name]

@@ -1,18 +1,18 @@
 """Input pipelines: ImageNet-layout folders (``DIR/<class>/*.JPEG``) and a synthetic, learnable source.
 
-Train: RandomCropDecodeResize(size, scale crop_scale_min-1 (0.08 by default), ratio 3/4-4/3) -> RandomHorizontalFlip -> Normalize
-(ImageNet mean/std) -> HWC2CHW, batches of ``batch_size`` with the remainder dropped.
+Train: RandomCropDecodeResize(size, scale crop_scale_min-1 (0.08 by default), ratio 3/4-4/3) -> RandomHorizontalFlip
+-> Normalize (ImageNet mean/std) -> HWC2CHW, batches of ``batch_size`` with the remainder dropped.
 Eval: Decode -> Resize(size / crop_ratio) -> CenterCrop(size) -> Normalize -> HWC2CHW; the last
 partial batch is kept, so every image of the split is scored.
 Data parallel: each rank reads the 1/group_size shard ``rank`` of the files.
 """
 import os
 
-import numpy as np
 import mindspore as ms
 import mindspore.dataset as ds
 import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as V
+import numpy as np
 
 from src.errors import UserError
 from src.host import worker_budget
@@ -86,7 +86,7 @@ def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, ra
         more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
         if bad_images == "stop":
             raise UserError(f"{empty[0]}{more}: empty image file(s) (0 bytes); remove them, or set bad_images skip "
-                            f"(scripts/check_dataset.py lists every bad file)")
+                            f"(python -m tools.check_dataset lists every bad file)")
         warn(f"{len(empty)} empty image file(s) in {path} will be skipped: {empty[0]}{more}")
     shuffle = train if shuffle is None else shuffle
     drop_remainder = train if drop_remainder is None else drop_remainder

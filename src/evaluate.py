@@ -1,8 +1,8 @@
 """Top-1/top-5 evaluation that counts every image of the split exactly once."""
 import time
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 

@@ -1,15 +1,14 @@
-"""Console + file logging; every rank keeps its own log file, rank 0 alone writes to the console
-unless ``all_ranks``."""
+"""Console + file logging; every rank keeps its own log file, rank 0 alone writes to the console."""
 import os
 import sys
 import time
 
 
 class Logger:
-    def __init__(self, folder=None, rank=0, group_size=1, name="train", all_ranks=False):
+    def __init__(self, folder=None, rank=0, group_size=1, name="train"):
         self.rank = rank
         self.prefix = f"[rank {rank}] " if group_size > 1 else ""
-        self.console = rank == 0 or all_ranks
+        self.console = rank == 0
         self.path = None
         if folder:
             suffix = f"_rank{rank}" if group_size > 1 else ""

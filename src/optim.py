@@ -71,11 +71,9 @@ def create_optimizer(cfg, network, lr):
     damping = thor_damping(cfg.damping_init, cfg.damping_decay, cfg.epoch_size, steps_per_epoch,
                            cfg.damping_total_epochs, cfg.damping_min)
     layers = attach(network, cfg.thor_skip_layers, cfg.split_dim)
-    opt = Thor(groups, lr_tensor, damping, cfg.momentum, layers, mode=cfg.thor_mode,
-               factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2,
-               convention=cfg.thor_convention)
-    object.__setattr__(opt, "thor_layers", layers)
-    return opt
+    return Thor(groups, lr_tensor, damping, cfg.momentum, layers, mode=cfg.thor_mode,
+                factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2,
+                convention=cfg.thor_convention)
 
 
 def thor_update_flags(cfg, steps_per_epoch):
@@ -107,13 +105,13 @@ def apply_amp(network, amp_level):
     return network
 
 
-def create_train_cell(cfg, net_with_loss, optimizer, steps_per_epoch):
-    """The training cell (src/train_step.py; for THOR src/thor/trainer.py). Outputs
-    ``(loss, overflow, loss_scale)``."""
+def create_train_cell(cfg, net_with_loss, optimizer, steps_per_epoch, warn=print):
+    """The training cell (src/train_step.py; for THOR src/thor/trainer.py, which reports through ``warn``).
+    Outputs ``(loss, overflow, loss_scale)``."""
     dynamic = cfg.loss_scale_mode == "dynamic"
     if isinstance(optimizer, Thor):
-        cell = ThorTrainer(net_with_loss, optimizer, optimizer.thor_layers, thor_update_flags(cfg, steps_per_epoch),
-                           loss_scale=cfg.loss_scale, dynamic=dynamic, window=cfg.loss_scale_window)
+        cell = ThorTrainer(net_with_loss, optimizer, thor_update_flags(cfg, steps_per_epoch),
+                           loss_scale=cfg.loss_scale, dynamic=dynamic, window=cfg.loss_scale_window, warn=warn)
         cell.set_train()
         return cell
     cell = TrainStep(net_with_loss, optimizer, loss_scale=cfg.loss_scale, dynamic=dynamic,

@@ -2,9 +2,9 @@
 import os
 import random
 
-import numpy as np
 import mindspore as ms
 import mindspore.dataset as ds
+import numpy as np
 
 from src import host
 from src.errors import UserError

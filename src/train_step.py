@@ -70,6 +70,18 @@ class TrainStep(nn.Cell):
         if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
             self.reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), _get_device_num())
 
+    # What train.py asks of any training cell (the THOR trainer has its own answers).
+    def describe(self):
+        """A line for the run's log about this cell's optimizer, or None."""
+        return None
+
+    def log_fields(self):
+        """Extra fields for the progress lines and the metrics file."""
+        return {}
+
+    def sync_counters(self):
+        """Called after a checkpoint is loaded."""
+
     def construct(self, image, label):
         loss = self.network(image, label)
         scale = self.loss_scale * 1.0  # the value used in this step (read before any update)

@@ -61,10 +61,12 @@ def trained(image_data, tmp_path_factory):
 
 
 def run_script(script, *args, cwd=None, timeout=600, env=None):
-    """Run a repository script with this interpreter, as a user would; returns CompletedProcess."""
+    """Run a repository script (``train.py``, or ``-m tools.check_dataset``) with this interpreter, as a user
+    would, from the repository root unless ``cwd``; returns CompletedProcess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd or REPO,
+    target = [script] if script == "-m" else [os.path.join(REPO, script)]
+    return subprocess.run([sys.executable, *target, *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 

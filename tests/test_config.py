@@ -4,8 +4,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from src.config import DEFAULT_CONFIG, key_help, load_yaml, parse_args, save_config
 from src.errors import UserError
 
@@ -105,6 +105,7 @@ def test_saved_config_round_trips(tmp_path):
 
 
 def test_nothing_parses_sys_argv_at_import():
-    code = "import sys; sys.argv=['x','--bogus','1']; import src.config, src.resnet, src.dataset, src.optim; print('ok')"
+    code = ("import sys; sys.argv=['x','--bogus','1']; import src.config, src.resnet, src.dataset, src.optim; "
+            "print('ok')")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok")

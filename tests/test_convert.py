@@ -4,9 +4,8 @@ import os
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
-
 from conftest import TINY_ARGS, error_lines, run_script
+from safetensors.numpy import save_file
 
 
 def torchvision_resnet(blocks, bottleneck, width, classes, seed=0):
@@ -61,6 +60,7 @@ EXPECTED_NAMES = {  # torchvision name -> ours, spelled out by hand
 def test_resnet50_names_and_shapes_match_torchvision():
     """The mapping covers a full-width torchvision ResNet-50 exactly (shapes only: no file, no network run)."""
     import mindspore as ms
+
     from src.convert import convert
     from src.resnet import create_network
     ms.set_device("CPU")
@@ -80,7 +80,7 @@ def test_convert_round_trip_and_fine_tune(tmp_path, image_data):
     src = str(tmp_path / "tv.safetensors")
     save_file({"module." + k: v for k, v in sd.items()}, src)
     ckpt = str(tmp_path / "tv.ckpt")
-    proc = run_script("scripts/convert_weights.py", src, ckpt, "--net_name", "resnet18", "--base_width", "4")
+    proc = run_script("-m", "tools.convert_weights", src, ckpt, "--net_name", "resnet18", "--base_width", "4")
     assert proc.returncode == 0, proc.stderr
     assert "class_num 5" in proc.stdout
     loaded = ms.load_checkpoint(ckpt)
@@ -92,7 +92,7 @@ def test_convert_round_trip_and_fine_tune(tmp_path, image_data):
     assert n_ours == len([k for k in sd if "num_batches" not in k])
 
     # the output is never overwritten
-    again = run_script("scripts/convert_weights.py", src, ckpt, "--net_name", "resnet18", "--base_width", "4")
+    again = run_script("-m", "tools.convert_weights", src, ckpt, "--net_name", "resnet18", "--base_width", "4")
     assert again.returncode == 2 and "already exists" in error_lines(again.stderr)[0]
 
     # a 5-class classifier into a 3-class run: refused without filter_weight, fine-tuned with it
@@ -138,7 +138,7 @@ def test_convert_rejects_bad_files_with_one_line(tmp_path, damage, message):
     elif damage == "garbage":
         open(src, "wb").write(b"\xff" * 64)
     out = str(tmp_path / "w.ckpt")
-    proc = run_script("scripts/convert_weights.py", src, out, "--net_name", "resnet18", "--base_width", "4")
+    proc = run_script("-m", "tools.convert_weights", src, out, "--net_name", "resnet18", "--base_width", "4")
     assert proc.returncode == 2
     errors = error_lines(proc.stderr)
     assert len(errors) == 1 and message in errors[0], proc.stderr

@@ -2,8 +2,8 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import write_image_folder
+
 from src.dataset import SyntheticImages, create_folder_dataset, dataset_from_config, scan_image_folder
 from src.errors import UserError
 

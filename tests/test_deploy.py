@@ -4,9 +4,10 @@ import os
 
 import numpy as np
 import pytest
+from conftest import fails_cleanly, last_json, run_script, write_image_folder
 from PIL import Image
 
-from conftest import fails_cleanly, last_json, run_script, write_image_folder
+pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 
 def ckpt_of(trained):
@@ -34,6 +35,7 @@ def test_export_and_verify(trained, tmp_path, fmt, batch):
 def test_verify_catches_a_model_that_differs(trained, tmp_path):
     """check_export compares for real: a MINDIR of other weights fails and the numbers are printed."""
     import mindspore as ms
+
     from export import check_export
     from src.errors import UserError
     from src.resnet import create_network
@@ -123,7 +125,8 @@ def test_predict_bad_inputs(trained, photo_dir, tmp_path):
     empty.write_bytes(b"")
     assert run_script("predict.py", empty, "--checkpoint_path", ckpt).returncode == 2
     fails_cleanly(run_script("predict.py", tmp_path / "missing.jpg", "--checkpoint_path", ckpt), "image not found")
-    fails_cleanly(run_script("predict.py", photo_dir, "--checkpoint_path", tmp_path / "no.ckpt"), "checkpoint not found")
+    fails_cleanly(run_script("predict.py", photo_dir, "--checkpoint_path", tmp_path / "no.ckpt"),
+                  "checkpoint not found")
     fails_cleanly(run_script("predict.py", "--checkpoint_path", ckpt), "usage: predict.py")
     wrong_map = tmp_path / "map.json"
     wrong_map.write_text(json.dumps({"a": 0, "b": 1}))

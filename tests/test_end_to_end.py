@@ -5,8 +5,9 @@ import os
 import numpy as np
 import pytest
 import yaml
-
 from conftest import TINY_ARGS, fails_cleanly, last_json, run_script
+
+pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 
 def test_training_writes_logs_metrics_checkpoints_and_config(trained, image_data):
@@ -70,7 +71,8 @@ def test_resume_continues_exactly(trained, image_data, tmp_path):
 
 
 def test_bad_config_keys_fail_before_anything_runs(tmp_path):
-    fails_cleanly(run_script("train.py", "--batch_sise", "4", "--output_dir", tmp_path), "unknown config key 'batch_sise'")
+    fails_cleanly(run_script("train.py", "--batch_sise", "4", "--output_dir", tmp_path),
+                  "unknown config key 'batch_sise'")
     fails_cleanly(run_script("train.py", "--optimizer", "Adam"), "'optimizer': 'Adam' is not one of")
     assert not os.listdir(tmp_path)
 
@@ -93,7 +95,8 @@ def test_mismatched_checkpoint_and_existing_outputs_are_protected(trained):
     before = os.path.getmtime(ckpt)
     fails_cleanly(run_script("eval.py", "--checkpoint_path", ckpt, "--class_num", "5"),
                    "does not match the network: 'end_point.weight' has shape (3, 32) in the checkpoint")
-    fails_cleanly(run_script("eval.py", "--checkpoint_path", ckpt, "--net_name", "resnet50"), "does not match the network")
+    fails_cleanly(run_script("eval.py", "--checkpoint_path", ckpt, "--net_name", "resnet50"),
+                  "does not match the network")
     truncated = ckpt + ".cut.ckpt"
     with open(ckpt, "rb") as src, open(truncated, "wb") as dst:
         dst.write(src.read()[:500])

@@ -10,9 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, TINY_ARGS, fails_cleanly, run_script, write_image_folder
+from PIL import Image
 
 
 def metrics(out):
@@ -110,7 +109,7 @@ def test_check_dataset_reports_every_bad_file(folder, tmp_path):
         f.write("ignored")
     os.makedirs(os.path.join(folder, "class_3"))
     report = tmp_path / "report.json"
-    proc = run_script("scripts/check_dataset.py", folder, "--workers", "2", "--json", report)
+    proc = run_script("-m", "tools.check_dataset", folder, "--workers", "2", "--json", report)
     assert proc.returncode == 1, proc.stderr
     bad = {os.path.basename(b["file"]): b["reason"] for b in json.load(open(report))["bad_files"]}
     assert set(bad) == {"truncated.JPEG", "empty.jpg", "text.jpg", "webp.jpg"}
@@ -122,7 +121,7 @@ def test_check_dataset_reports_every_bad_file(folder, tmp_path):
     shutil.rmtree(os.path.join(folder, "class_3"))
     for name in bad:
         os.remove(os.path.join(c0, name))
-    clean = run_script("scripts/check_dataset.py", folder, "--workers", "1")
+    clean = run_script("-m", "tools.check_dataset", folder, "--workers", "1")
     assert clean.returncode == 0 and '"ok": true' in clean.stdout
 
 
@@ -193,6 +192,7 @@ def test_unwritable_output_dir(tmp_path):
 
 def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
     import mindspore as ms
+
     import train
     from src.errors import UserError
     from src.resnet import create_network

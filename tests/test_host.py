@@ -3,8 +3,8 @@ and the typed script options of eval.py, export.py and predict.py."""
 import os
 
 import pytest
-
 from conftest import TINY_ARGS, fails_cleanly, last_json, run_script
+
 from src import host
 from src.config import parse_args
 from src.errors import UserError
@@ -76,6 +76,7 @@ def without_isa_env(*args):
     """Run train.py with neither ONEDNN_MAX_CPU_ISA nor DNNL_MAX_CPU_ISA set (as a new user would)."""
     import subprocess
     import sys
+
     from conftest import REPO
     return subprocess.run([sys.executable, os.path.join(REPO, "train.py"), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env=_clean_env())

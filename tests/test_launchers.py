@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, launcher_env
 
 SCRIPT = os.path.join(REPO, "scripts", "run_distribute_train.sh")
-TABLES = os.path.join(REPO, "scripts", "rank_table.py")
+TABLES = os.path.join(REPO, "tools", "rank_table.py")
 
 
 def _table(tmp_path, name, servers):
@@ -21,9 +20,25 @@ def _table(tmp_path, name, servers):
     return path
 
 
-def _dry_run(table, data, tmp_path, **env):
-    return subprocess.run(["bash", SCRIPT, table, data, "", "", "--batch_size", "32"], capture_output=True, text=True,
+def _dry_run(table, data, tmp_path, *args, **env):
+    args = args or ("", "", "--batch_size", "32")
+    return subprocess.run(["bash", SCRIPT, table, data, *args], capture_output=True, text=True,
                           cwd=tmp_path, env=launcher_env(DRY_RUN="1", **env), timeout=60)
+
+
+def test_positional_arguments_end_at_a_flag_or_double_dash(tmp_path):
+    """RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [--] [train.py args]: flags right after DATA_PATH
+    go to train.py (not taken for CONFIG_PATH); a call without DATA_PATH prints the usage line."""
+    table = _table(tmp_path, "rt2.json", [("10.0.0.1", 2)])
+    for args in (("--batch_size", "32"), ("--", "--batch_size", "32"), (os.path.join(REPO, "default_config.yaml"),
+                                                                         "--", "--batch_size", "32")):
+        proc = _dry_run(table, str(tmp_path), tmp_path, *args)
+        assert proc.returncode == 0, proc.stderr
+        commands = [line for line in proc.stdout.splitlines() if "train.py" in line]
+        assert len(commands) == 2 and all("default_config.yaml" in c and "--batch_size 32" in c for c in commands)
+        assert not any(" -- " in c for c in commands)
+    proc = subprocess.run(["bash", SCRIPT, table], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: bash scripts/run_distribute_train.sh")
 
 
 def _ranks(stdout):

@@ -1,6 +1,6 @@
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import nn
 
 from src.errors import UserError

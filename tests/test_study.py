@@ -3,14 +3,13 @@ import json
 import os
 
 import pytest
+from conftest import TINY_ARGS, run_script, write_image_folder
 
-from conftest import REPO, TINY_ARGS, run_script, write_image_folder
+pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 
 def test_reach_and_ratios_by_hand():
-    import sys
-    sys.path.insert(0, REPO)
-    from scripts.convergence_study import markdown, summarise
+    from studies.convergence_study import markdown, summarise
     runs = [{"name": "momentum", "curve": [(1, 0.30, 100.0), (2, 0.50, 200.0), (3, 0.60, 300.0), (4, 0.62, 400.0)]},
             {"name": "thor", "curve": [(1, 0.45, 150.0), (2, 0.63, 290.0)]},
             {"name": "slow", "curve": [(1, 0.20, 90.0), (2, 0.61, 180.0)]}]
@@ -31,7 +30,7 @@ def test_study_runs_the_recipes_end_to_end(tmp_path):
     out = tmp_path / "study"
     i = TINY_ARGS.index("--class_num")
     tiny = TINY_ARGS[:i] + TINY_ARGS[i + 2:]  # class_num 10 from the recipes
-    proc = run_script("scripts/convergence_study.py", data,
+    proc = run_script("-m", "studies.convergence_study", data,
                       "--recipes", "config/cifar10_momentum.yaml,config/cifar10_thor.yaml", "--output_dir", out,
                       *tiny, "--epoch_size", "2", "--frequency", "3")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

@@ -1,13 +1,20 @@
 """THOR against a NumPy float64 reference of the formulas in src/thor (capture.py, optimizer.py)."""
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor, nn, ops
 
 from src.optim import NetWithLoss
 from src.schedules import thor_update_steps
-from src.thor.blocks import (apply_left, apply_right, block_gram, block_layout, block_trace, damped_inverse,
-                             sample_block_gram)
+from src.thor.blocks import (
+    apply_left,
+    apply_right,
+    block_gram,
+    block_layout,
+    block_trace,
+    damped_inverse,
+    sample_block_gram,
+)
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
@@ -115,7 +122,7 @@ def _build(split_dim, damping=0.01, loss_scale=8.0, lr=1.0, momentum=0.0, steps=
                momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2, kl_clip=kl_clip,
                convention=convention)
     flags = thor_update_steps(steps, steps, frequency)
-    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers, flags, loss_scale=loss_scale)
+    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, flags, loss_scale=loss_scale)
     trainer.set_train()
     return net, opt, trainer
 
@@ -155,7 +162,8 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
                                rtol=1e-5, atol=1e-5)
     x3_64 = x3.astype(np.float64)
     np.testing.assert_allclose(_blocks_to_dense(sample_gram3, d),
-                               0.5 * np.einsum("ndl,nel->de", x3_64, x3_64) * _block_mask(d, split), rtol=1e-5, atol=1e-5)
+                               0.5 * np.einsum("ndl,nel->de", x3_64, x3_64) * _block_mask(d, split),
+                               rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(trace, np.trace(dense_a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(right, g64 @ dense_a.T, rtol=1e-5, atol=1e-5)  # each block transposed (symmetric A^-1)
     np.testing.assert_allclose(both, dense_g @ g64 @ dense_a.T, rtol=1e-4, atol=1e-4)
@@ -235,7 +243,7 @@ def test_factors_and_preconditioned_gradient_match_numpy(split_dim):
         assert rel(a, ref[f"A_{name}"] * mask_a) < 1e-4, name
         assert rel(g, ref[f"G_{name}"] * mask_g) < 1e-4, name
     # preconditioned step: lr 1, momentum 0, no weight decay -> W_old - W_new = G^-1 dW A^-1
-    for name, w_old, d_in, shape in [("conv", w_conv, C * 9, (K, C, 3, 3)), ("fc", w_fc, K, (CLASSES, K))]:
+    for name, w_old, shape in [("conv", w_conv, (K, C, 3, 3)), ("fc", w_fc, (CLASSES, K))]:
         a_inv = _blockdiag_inverse(ref[f"A_{name}"], split_dim, 0.01)
         g_inv = _blockdiag_inverse(ref[f"G_{name}"], split_dim, 0.01)
         expected = (g_inv @ ref[f"dW_{name}"] @ a_inv).reshape(shape)
@@ -356,7 +364,7 @@ def _final_loss(optimizer, lr, steps=80):
     else:
         layers = attach(net, split_dim=0)
         opt = Thor(net.trainable_params(), lrs, np.full(steps, 0.03), 0.9, layers)
-        cell = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers, thor_update_steps(steps, steps, 5))
+        cell = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, thor_update_steps(steps, steps, 5))
     cell.set_train()
     losses = [float(cell(x, y)[0].asnumpy()) for x, y in _ill_conditioned_batches(steps)]
     return float(np.mean(losses[-20:]))
@@ -379,7 +387,8 @@ def test_non_finite_factor_keeps_the_last_good_inverse():
     warnings = []
     trainer.warn = warnings.append
     trainer(*map(Tensor, _data(seed=0)))
-    good_a, good_inv, fc_inv = opt.a_avg[0].asnumpy().copy(), opt.a_inv[0].asnumpy().copy(), opt.g_inv[1].asnumpy().copy()
+    good_a, good_inv = opt.a_avg[0].asnumpy().copy(), opt.a_inv[0].asnumpy().copy()
+    fc_inv = opt.g_inv[1].asnumpy().copy()
     assert np.isfinite(good_inv).all() and np.allclose(good_a, good_a.transpose(0, 2, 1))
     x, y = _data(seed=1)
     x[0, 0, 2, 2] = 1e20

@@ -6,10 +6,11 @@ so T = 9 output positions per sample, and a Dense layer, T = 1): factors and inv
 update steps only, every step is preconditioned with the stored inverses, then weight decay and momentum
 with a per-step lr and damping, as src/thor/optimizer.py documents.
 """
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
 from mindspore import Tensor, nn
+from test_thor import TinyNet, _blockdiag_inverse, _data, _reference, _softmax_grad
 
 from src.config import parse_args
 from src.optim import NetWithLoss, create_loss, param_groups
@@ -17,7 +18,6 @@ from src.schedules import thor_damping, thor_lr, thor_update_steps
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
-from test_thor import TinyNet, _blockdiag_inverse, _data, _reference, _softmax_grad
 
 STEPS = 4
 FREQUENCY = 2            # update steps 0 and 2; steps 1 and 3 reuse the stored inverses
@@ -74,7 +74,7 @@ def _build(convention, split, decay_bias):
     layers = attach(net, split_dim=split)
     opt = Thor(param_groups(net, WEIGHT_DECAY, decay_bias), Tensor(LRS.astype(np.float32)),
                DAMPINGS.astype(np.float32), MOMENTUM, layers, convention=convention)
-    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers,
+    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt,
                           thor_update_steps(STEPS, STEPS, FREQUENCY), loss_scale=LOSS_SCALE)
     trainer.set_train()
     return net, opt, trainer
@@ -203,7 +203,7 @@ def _thor_with_scale(window, steps=3, frequency=3):
     layers = attach(net, split_dim=0)
     opt = Thor(net.trainable_params(), Tensor(np.full(steps, 0.05, np.float32)), np.full(steps, 0.03, np.float32),
                0.0, layers)
-    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, layers,
+    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt,
                           thor_update_steps(steps, steps, frequency), loss_scale=64.0, dynamic=True, window=window)
     trainer.set_train()
     return opt, trainer

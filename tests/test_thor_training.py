@@ -1,11 +1,13 @@
-"""THOR through the real training path: convergence against Momentum, resume, eval/export of its checkpoints."""
+"""THOR through the real training path: logging, resume, eval/export of its checkpoints (THOR against Momentum
+in the same steps is tests/test_thor.py::test_thor_beats_momentum_in_the_same_steps)."""
 import os
 
+import mindspore as ms
 import numpy as np
 import pytest
-import mindspore as ms
-
 from conftest import TINY_ARGS, last_json, run_script
+
+pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 THOR_ARGS = ["--optimizer", "Thor", "--frequency", "4", "--split_dim", "16", "--damping_init", "0.03",
              "--kl_clip", "0.001"]

@@ -1,6 +1,6 @@
 """The loss-scaled training step: scaling changes nothing but the float16 range; overflows are skipped."""
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import nn
 
 from src.optim import NetWithLoss, create_loss, create_optimizer, create_train_cell

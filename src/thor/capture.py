@@ -26,8 +26,8 @@ other graph contains no statistics work at all.
 """
 import fnmatch
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
 
 from src.errors import UserError

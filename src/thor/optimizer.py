@@ -44,8 +44,8 @@ On *every* step:
 Which of the two is compiled is fixed by the Python flag ``thor_update`` at compile time (trainer.py
 compiles two graphs); the non-update graph holds no statistics, inversion or trace work.
 """
-import numpy as np
 import mindspore as ms
+import numpy as np
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.context import ParallelMode
 from mindspore.nn.optim.momentum import _momentum_opt
@@ -81,7 +81,12 @@ class Thor(nn.Momentum):
         super().__init__(params, learning_rate, momentum, weight_decay=0.0, loss_scale=1.0)
         if convention not in ("mindspore", "kfac"):
             raise ValueError(f"THOR convention must be 'mindspore' or 'kfac', got {convention!r}")
+        self.convention = convention
         self.split_damping = convention == "mindspore"
+        # The capturing layers (capture.attach) whose statistics this optimizer reads and whose capture the
+        # trainer switches on for update steps; a plain attribute, so that they are not registered twice as
+        # sub-cells (they belong to the network).
+        object.__setattr__(self, "thor_layers", tuple(layers))
         self.num_layers = len(layers)
         self.thor_update = False  # compile-time switch, see trainer.py
         self.trace_mode = mode == "trace"
@@ -106,7 +111,9 @@ class Thor(nn.Momentum):
             return ParameterTuple([Parameter(init(*layout_of(c)), name=f"thor.{c.thor_name}.{suffix}",
                                              requires_grad=False) for c in layers])
 
-        zeros = lambda nb, b: Tensor(np.zeros((nb, b, b), np.float32))
+        def zeros(nb, b):
+            return Tensor(np.zeros((nb, b, b), np.float32))
+
         self.a_stat = ParameterTuple([c.thor_a for c in layers])
         self.positions = ParameterTuple([c.thor_positions for c in layers])
         self.g_stat = ParameterTuple([c.thor_g for c in layers])

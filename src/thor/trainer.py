@@ -18,18 +18,17 @@ from src.train_step import TrainStep
 class ThorTrainer(nn.Cell):
     """Outputs ``(loss, overflow, loss_scale)`` like TrainStep."""
 
-    def __init__(self, net_with_loss, optimizer, layers, update_flags, loss_scale=1.0, dynamic=False, window=2000):
+    def __init__(self, net_with_loss, optimizer, update_flags, loss_scale=1.0, dynamic=False, window=2000, warn=print):
         super().__init__(auto_prefix=False)
         self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
         self.update_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window,
                                      share_scale_with=self.plain_step)
         optimizer.loss_scale_ref = self.plain_step.loss_scale
         self.optimizer = optimizer
-        object.__setattr__(self, "_thor_layers", tuple(layers))  # plain attribute: not registered as sub-cells
         self.update_flags = np.asarray(update_flags, bool)
         self.last_update = None  # (global_step, layers refreshed) of the latest update step
         self.nonfinite_seen = 0  # thor_nonfinite already reported (restored from a checkpoint on resume)
-        self.warn = print  # train.py sets its logger's warning
+        self.warn = warn  # where a refresh that fell back to the last good inverse is reported
 
     def sync_counters(self):
         """Call after loading a checkpoint: non-finite events before it are not reported again."""
@@ -41,8 +40,23 @@ class ThorTrainer(nn.Cell):
     def is_update(self, step):
         return bool(self.update_flags[min(step, len(self.update_flags) - 1)]) if len(self.update_flags) else False
 
+    def describe(self):
+        opt = self.optimizer
+        mode = "trace" if opt.trace_mode else "fixed"
+        return (f"THOR: {len(opt.thor_layers)} preconditioned layers, {mode} mode, {opt.convention} convention, "
+                f"{int(self.update_flags.sum())} update steps in {len(self.update_flags)}, "
+                f"state {opt.state_bytes() / 2**20:.1f} MiB")
+
+    def log_fields(self):
+        """The damping of the next step, and ``refreshed/layers@step`` of the latest update step."""
+        damping = self.optimizer.damping
+        info = {"damping": float(damping[min(self.global_step(), damping.shape[0] - 1)].asnumpy())}
+        if self.last_update is not None:
+            info["thor_refreshed"] = f"{self.last_update[1]}/{len(self.optimizer.thor_layers)}@{self.last_update[0]}"
+        return info
+
     def _set(self, flag):
-        set_capture(self._thor_layers, flag)
+        set_capture(self.optimizer.thor_layers, flag)
         self.optimizer.thor_update = flag
 
     def __call__(self, image, label):

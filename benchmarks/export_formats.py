@@ -1,9 +1,9 @@
 """Export and verify a full-width ResNet-50 in every format this backend can run: time, peak memory, and the
 max difference between the exported file and the checkpoint network.
 
-    python scripts/bench_export.py                         # a freshly initialised ResNet-50, 1x3x224x224
-    python scripts/bench_export.py --random_bn true        # BatchNorm statistics drawn at random (large logits)
-    python scripts/bench_export.py --checkpoint_path output/resnet50-best.ckpt
+    python -m benchmarks.export_formats                         # a freshly initialised ResNet-50, 1x3x224x224
+    python -m benchmarks.export_formats --random_bn true        # BatchNorm statistics drawn at random (large logits)
+    python -m benchmarks.export_formats --checkpoint_path output/resnet50-best.ckpt
 
 Each format is exported by ``export.py --verify true`` in its own process (as users run it); the process's
 wall time and peak RSS are measured. Prints a markdown table and writes JSON to ``--output``.
@@ -19,15 +19,15 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 LINE = re.compile(r"verify (\w+): max \|exported - checkpoint\| = (\S+) .*max \|logit\| (\S+), bound (\S+)\)")
 
 
 def make_checkpoint(folder, random_bn, seed):
     """A ResNet-50 checkpoint (fresh init, optionally random BN statistics) and its config.yaml in ``folder``."""
-    import numpy as np
     import mindspore as ms
+    import numpy as np
+
     from src import checkpoint
     from src.config import parse_args, save_config
     from src.resnet import network_from_config

@@ -2,7 +2,7 @@
 bug report): cut a JPEG at several points and decode each cut with ``mindspore.dataset.vision.Decode`` in its
 own process; a negative exit code is a crash by signal (-8 = SIGFPE), an exception is a clean error.
 
-    python scripts/repro_truncated_jpeg.py                # 20, 64 and 224 px images, 12 cut points each
+    python -m tools.repro_truncated_jpeg                # 20, 64 and 224 px images, 12 cut points each
 """
 import argparse
 import os

@@ -1,8 +1,8 @@
 """Ascend HCCL rank tables: check one, list this server's ranks, or generate one from device IPs.
 
-    python scripts/rank_table.py check rank_table.json [--server_id 10.0.0.1]
+    python -m tools.rank_table check rank_table.json [--server_id 10.0.0.1]
         prints one line per rank of this server: RANK_ID DEVICE_ID RANK_SIZE
-    python scripts/rank_table.py generate --server 10.0.0.1:192.168.100.101,192.168.100.102,... \
+    python -m tools.rank_table generate --server 10.0.0.1:192.168.100.101,192.168.100.102,... \
         [--server 10.0.0.2:...] --output rank_table.json
 
 The table format is the one MindSpore/HCCL read (version 1.0): ``server_count``, ``server_list`` of

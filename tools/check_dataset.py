@@ -1,7 +1,7 @@
 """Scan an ImageNet-layout folder and report every file that training would trip over, before a long run.
 
-    python scripts/check_dataset.py /data/imagenet/train
-    python scripts/check_dataset.py /data/imagenet/train --workers 8 --json report.json
+    python -m tools.check_dataset /data/imagenet/train
+    python -m tools.check_dataset /data/imagenet/train --workers 8 --json report.json
 
 Each image (.jpeg/.jpg/.png/.bmp, any case) is fully decoded with Pillow in ``--workers`` processes.
 Reported: class folders without images, zero-byte files, files that do not decode or are truncated (with
@@ -18,11 +18,9 @@ import multiprocessing
 import os
 import sys
 
+from src.dataset import IMAGE_EXTENSIONS
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from src.dataset import IMAGE_EXTENSIONS  # noqa: E402
-
 
 # Formats MindSpore's Decode reads; Pillow may read more (WebP, GIF...) that training would then fail on.
 TRAINING_FORMATS = {"JPEG", "PNG", "BMP", "TIFF", "MPO"}

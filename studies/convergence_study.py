@@ -1,8 +1,8 @@
 """THOR against Momentum on real images: per-epoch validation top-1 and the time each needs to reach
 Momentum's final accuracy.
 
-    python scripts/convergence_study.py ../shared/data/cifar10
-    python scripts/convergence_study.py DATA --recipes config/cifar10_momentum.yaml,config/cifar10_thor.yaml
+    python -m studies.convergence_study ../shared/data/cifar10
+    python -m studies.convergence_study DATA --recipes config/cifar10_momentum.yaml,config/cifar10_thor.yaml
 
 ``DATA`` holds ``train/`` and ``val/`` in the ImageNet folder layout. Each recipe runs through train.py (same
 seed; evaluation after every epoch), in its own folder under ``--output_dir``. The first recipe is the
@@ -57,8 +57,8 @@ def summarise(runs):
 
 def markdown(runs):
     lines = [f"Target: the baseline's ({runs[0]['name']}) final top-1 {runs[0]['target_top1']:.4f}.", "",
-             "| run | epochs | final top-1 | best top-1 | epoch reaching target | wall-clock to target | epochs ratio | "
-             "time ratio |", "|---|---|---|---|---|---|---|---|"]
+             "| run | epochs | final top-1 | best top-1 | epoch reaching target | wall-clock to target | "
+             "epochs ratio | time ratio |", "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c, hit = r["curve"], r["reached"]
         lines.append(f"| {r['name']} | {len(c)} | {c[-1][1]:.4f} | {max(p[1] for p in c):.4f} | "

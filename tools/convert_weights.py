@@ -1,6 +1,6 @@
 """Convert a torchvision/timm ResNet ``.safetensors`` file into a checkpoint of this repository's network.
 
-    python scripts/convert_weights.py resnet50_tv.safetensors resnet50_tv.ckpt
+    python -m tools.convert_weights resnet50_tv.safetensors resnet50_tv.ckpt
     python train.py --pre_trained resnet50_tv.ckpt --filter_weight true --class_num 10 --optimizer Thor ...
 
 Every parameter of the network (weights, BatchNorm statistics, classifier) must be found in the file with the
@@ -11,16 +11,15 @@ The output is written atomically and an existing file is never overwritten.
 import os
 import sys
 
+import mindspore as ms
+
+from src import checkpoint, runtime
+from src.config import parse_args
+from src.convert import classifier_size, convert, read_safetensors
+from src.errors import UserError, cli_main
+from src.resnet import network_from_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import mindspore as ms  # noqa: E402
-
-from src import checkpoint, runtime  # noqa: E402
-from src.config import parse_args  # noqa: E402
-from src.convert import classifier_size, convert, read_safetensors  # noqa: E402
-from src.errors import UserError, cli_main  # noqa: E402
-from src.resnet import network_from_config  # noqa: E402
 
 
 @cli_main

@@ -1,8 +1,8 @@
 """Where the time goes around the network: the data pipeline, our training loop against a raw MindSpore loop,
 evaluation, and peak memory of training.
 
-    python scripts/bench_pipeline.py --data_path ../shared/data/cifar10/train          # CPU, defaults below
-    python scripts/bench_pipeline.py --data_path /data/imagenet/train --device_target GPU --base_width 64
+    python -m benchmarks.pipeline --data_path ../shared/data/cifar10/train          # CPU, defaults below
+    python -m benchmarks.pipeline --data_path /data/imagenet/train --device_target GPU --base_width 64
 
 Rows (each after warm-up; the median of ``--runs`` windows of ``--window`` steps or batches):
 - data: decode + RandomCropDecodeResize(``--image_size``) + flip + normalise + batch from the JPEG folder with
@@ -26,20 +26,18 @@ import sys
 import tempfile
 import time
 
+import mindspore as ms
 import numpy as np
+from mindspore import nn
+
+from src import host
+from src.config import parse_args
+from src.dataset import create_folder_dataset
+from src.evaluate import LogitsCell
+from src.optim import create_loss
+from src.resnet import network_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import mindspore as ms  # noqa: E402
-from mindspore import nn  # noqa: E402
-
-from src import host  # noqa: E402
-from src.config import parse_args  # noqa: E402
-from src.dataset import create_folder_dataset  # noqa: E402
-from src.evaluate import LogitsCell  # noqa: E402
-from src.optim import create_loss  # noqa: E402
-from src.resnet import network_from_config  # noqa: E402
 
 
 def make_jpegs(n, classes=10, seed=0):
@@ -203,7 +201,8 @@ def main(argv=None):
     print(f"| raw TrainOneStepCell loop | {rows['raw'][0]:.1f} | |")
     print(f"| train.py Momentum | {rows['Momentum'][0]:.1f} | {result['train_py_over_raw']:.3f}x raw loop; "
           f"peak RSS {rows['Momentum'][2]:.0f} MiB |")
-    print(f"| train.py THOR (frequency {args.frequency}) | {rows['Thor'][0]:.1f} | peak RSS {rows['Thor'][2]:.0f} MiB |")
+    print(f"| train.py THOR (frequency {args.frequency}) | {rows['Thor'][0]:.1f} | "
+          f"peak RSS {rows['Thor'][2]:.0f} MiB |")
     print(f"| eval forward | {rows['eval'][0]:.1f} | |")
     print(f"\nwritten {args.output}")
 

@@ -1,9 +1,9 @@
 """A brief grid search of a recipe on real images, recorded: each point is one train.py run with evaluation
 after every epoch.
 
-    python scripts/recipe_search.py ../shared/data/cifar10 config/cifar10_momentum.yaml \\
+    python -m studies.recipe_search ../shared/data/cifar10 config/cifar10_momentum.yaml \\
         --grid lr_max=0.2,0.4,0.8 --epoch_size 4
-    python scripts/recipe_search.py DATA config/cifar10_thor.yaml --grid lr_max=0.1,0.2 kl_clip=0.001,0.01
+    python -m studies.recipe_search DATA config/cifar10_thor.yaml --grid lr_max=0.1,0.2 kl_clip=0.001,0.01
 
 ``--grid key=v1,v2`` (several keys: every combination) overrides recipe keys; any other ``--key value`` goes
 to every run (``--epoch_size 4`` for a short proxy). Prints a table (final and best top-1, minutes) and writes
@@ -14,13 +14,11 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from studies.convergence_study import curve, train_command
 
-from scripts.convergence_study import curve, train_command  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
 """Data-parallel scaling on one machine: 1 process against N msrun workers, same global batch.
 
-    python scripts/bench_scaling.py                       # narrow ResNet-50, 32x32 synthetic, global batch 32
-    python scripts/bench_scaling.py --workers 2 --optimizer Thor --extra "--frequency 50"
+    python -m benchmarks.scaling                       # narrow ResNet-50, 32x32 synthetic, global batch 32
+    python -m benchmarks.scaling --workers 2 --optimizer Thor --extra "--frequency 50"
 
 Both runs go through the real entry points (train.py, scripts/run_distribute_train_msrun.sh) and read img/s
 (images of all ranks per second) from rank 0's metrics.jsonl; the first ``--skip`` logged windows (compile,
