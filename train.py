@@ -23,7 +23,7 @@ from src.logger import Logger
 from src.optim import NetWithLoss, apply_amp, create_loss, create_optimizer, create_train_cell
 from src.resnet import network_from_config
 from src.resume import find_resume, restore, schedule_position
-from src.schedules import lr_from_config
+from src.schedules import lr_batch_scaling, lr_from_config
 
 
 def prepare_output(cfg, rank):
@@ -140,7 +140,10 @@ def main(argv=None):
     network = network_from_config(cfg)
     if cfg.pre_trained:
         load_pretrained(network, cfg, log)
-    lr = lr_from_config(cfg, steps_per_epoch)
+    factor, note = lr_batch_scaling(cfg.lr_batch_size, cfg.batch_size * group, cfg.lr_scaling)
+    if note:
+        (log if factor != 1.0 else log.warning)(note)
+    lr = lr_from_config(cfg, steps_per_epoch, factor)
     optimizer = create_optimizer(cfg, network, lr)
     train_cell = create_train_cell(cfg, NetWithLoss(apply_amp(network, cfg.amp_level), create_loss(cfg)), optimizer,
                                    steps_per_epoch, warn=log.warning)

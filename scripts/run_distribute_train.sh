@@ -12,12 +12,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
-POS=()
-while [ $# -gt 0 ] && [ ${#POS[@]} -lt 4 ]; do
-  case "$1" in --) break ;; -*) break ;; *) POS+=("$1"); shift ;; esac
-done
-[ "${1:-}" = "--" ] && shift
-if [ ${#POS[@]} -lt 2 ]; then
+source "$ROOT/scripts/args.sh"
+split_args 4 "$@"
+set -- "${REST[@]}"
+if [ ${#POS[@]} -lt 2 ] || { [ $# -gt 0 ] && [[ "$1" != -* ]]; }; then
   echo "usage: bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [--] [train.py args]" >&2
   exit 2
 fi

@@ -10,6 +10,7 @@
 #   MASTER_PORT       port of node 0 [8118]
 #   NODE_RANK         this node's index [0]
 #   LOG_DIR           msrun's per-worker logs [./msrun_log]
+#   DRY_RUN=1         print the msrun command instead of starting it
 # Every argument is passed to train.py, after --run_distribute true --device_num $WORKER_NUM.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,13 +24,18 @@ if ! command -v msrun >/dev/null 2>&1; then
   echo "error: msrun not found on PATH (it comes with mindspore; activate its environment)" >&2
   exit 2
 fi
+CMD=(msrun --worker_num="$WORKER_NUM" --local_worker_num="$LOCAL_WORKER_NUM" --master_addr="$MASTER_ADDR"
+     --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" --log_dir="$LOG_DIR" --join=True
+     "$ROOT/train.py" --run_distribute true --device_num "$WORKER_NUM" "$@")
+if [ "${DRY_RUN:-0}" = "1" ]; then
+  echo "${CMD[*]}"
+  exit 0
+fi
 echo "msrun: $WORKER_NUM workers ($LOCAL_WORKER_NUM here, node $NODE_RANK), master $MASTER_ADDR:$MASTER_PORT, logs in $LOG_DIR"
 mkdir -p "$LOG_DIR"
 export LOCAL_WORKER_NUM  # train.py shares the cores among the local ranks (data workers)
 set +e
-msrun --worker_num="$WORKER_NUM" --local_worker_num="$LOCAL_WORKER_NUM" --master_addr="$MASTER_ADDR" \
-  --master_port="$MASTER_PORT" --node_rank="$NODE_RANK" --log_dir="$LOG_DIR" --join=True \
-  "$ROOT/train.py" --run_distribute true --device_num "$WORKER_NUM" "$@" 2>&1 | tee "$LOG_DIR/msrun.out"
+"${CMD[@]}" 2>&1 | tee "$LOG_DIR/msrun.out"
 STATUS=${PIPESTATUS[0]}
 set -e
 if [ "$STATUS" -ne 0 ]; then

@@ -78,13 +78,32 @@ def thor_damping(damping_init, damping_decay, total_epochs, steps_per_epoch, hor
     return np.maximum(damping_init * damping_decay ** (e / 10.0), floor).astype(np.float32)
 
 
-def lr_from_config(cfg, steps_per_epoch):
-    """Per-step learning rates for ``cfg.epoch_size`` epochs of ``steps_per_epoch`` steps."""
+def lr_batch_scaling(lr_batch_size, global_batch, scaling):
+    """``(factor, note)`` for a run whose global batch may differ from the one its recipe's lr was tuned for.
+
+    With ``scaling`` "linear" and a recorded ``lr_batch_size``, every lr value is multiplied by
+    global_batch / lr_batch_size (Goyal et al. 2017) and ``note`` says so; otherwise the factor is 1 and ``note``
+    is a warning when the batches differ (None when they agree or nothing is recorded)."""
+    if lr_batch_size <= 0 or global_batch == lr_batch_size:
+        return 1.0, None
+    if scaling == "linear":
+        factor = global_batch / lr_batch_size
+        return factor, (f"lr_scaling linear: every lr value x {factor:.6g} (global batch {global_batch}, "
+                        f"the recipe's lr was tuned for {lr_batch_size})")
+    return 1.0, (f"the recipe's lr was tuned for a global batch of {lr_batch_size}, this run's is {global_batch}; "
+                 f"the lr is used as given (--lr_scaling linear scales it by {global_batch}/{lr_batch_size}, "
+                 f"or set lr_max / lr_init for this batch)")
+
+
+def lr_from_config(cfg, steps_per_epoch, factor=1.0):
+    """Per-step learning rates for ``cfg.epoch_size`` epochs of ``steps_per_epoch`` steps, times ``factor``
+    (``lr_batch_scaling``; every schedule is linear in its lr values)."""
     if cfg.lr_decay_mode == "thor":
-        return thor_lr(cfg.lr_init, cfg.lr_decay, cfg.lr_end_epoch, cfg.decay_epochs,
-                       cfg.epoch_size, steps_per_epoch)
-    return warmup_lr(cfg.lr_init, cfg.lr_max, cfg.lr_end, cfg.warmup_epochs, cfg.epoch_size,
-                     steps_per_epoch, cfg.lr_decay_mode)
+        lr = thor_lr(cfg.lr_init, cfg.lr_decay, cfg.lr_end_epoch, cfg.decay_epochs, cfg.epoch_size, steps_per_epoch)
+    else:
+        lr = warmup_lr(cfg.lr_init, cfg.lr_max, cfg.lr_end, cfg.warmup_epochs, cfg.epoch_size, steps_per_epoch,
+                       cfg.lr_decay_mode)
+    return (lr * np.float32(factor)).astype(np.float32) if factor != 1.0 else lr
 
 
 def thor_update_steps(total_steps, steps_per_epoch, frequency, growth=1.0, growth_epochs=0, max_interval=0):

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 def test_training_writes_logs_metrics_checkpoints_and_config(trained, image_data):
     out, proc = trained
     assert "img/s" in proc.stdout and "eta" in proc.stdout and "eval epoch 2: top1" in proc.stdout
+    assert "lr was tuned for a global batch of 2048, this run's is 4" in proc.stderr  # default recipe, batch 4
     files = set(os.listdir(out))
     assert {"resnet18-1_6.ckpt", "resnet18-2_12.ckpt", "resnet18-best.ckpt", "config.yaml", "metrics.jsonl",
             "class_indexing.json", "train.log"} <= files

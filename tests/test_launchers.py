@@ -106,3 +106,39 @@ def _set_rank(table, index, value):
 def _drop_key(table, key):
     del table["server_list"][1]["device"][3][key]
     return table
+
+
+def _launch(script, *args, **env):
+    """A launcher with PYTHON=echo (the train.py / eval.py command is printed, not run) and DRY_RUN=1."""
+    return subprocess.run(["bash", os.path.join(REPO, "scripts", script), *args], capture_output=True, text=True,
+                          env=launcher_env(PYTHON="echo", DRY_RUN="1", **env), timeout=60)
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("run_standalone_train.sh", ["/d/train", "cfg.yaml", "auto", "--epoch_size", "1"],
+     "train.py --data_path /d/train --config_path cfg.yaml --resume_ckpt auto --epoch_size 1"),
+    ("run_standalone_train.sh", ["/d/train", "--", "--epoch_size", "1"], "train.py --data_path /d/train --epoch_size 1"),
+    ("run_standalone_train.sh", ["--config_path", "cfg.yaml"], "train.py --config_path cfg.yaml"),
+    ("run_eval.sh", ["/d/val", "best.ckpt", "cfg.yaml"],
+     "eval.py --data_path /d/val --checkpoint_path best.ckpt --config_path cfg.yaml"),
+    ("run_eval.sh", ["--checkpoint_path", "best.ckpt"], "eval.py --checkpoint_path best.ckpt"),
+    ("run_distribute_train_gpu.sh", ["/d/train", "cfg.yaml", "--epoch_size", "1"],
+     "train.py --run_distribute true --device_num 8 --device_target GPU --data_path /d/train --config_path cfg.yaml "
+     "--epoch_size 1"),
+])
+def test_zoo_positional_forms_and_flag_forms(script, args, expected):
+    proc = _launch(script, *args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(expected), proc.stdout
+
+
+@pytest.mark.parametrize("script, args", [
+    ("run_standalone_train.sh", ["/d/train", "cfg.yaml", "auto", "extra"]),
+    ("run_eval.sh", ["/d/val"]),
+    ("run_eval.sh", ["/d/val", "best.ckpt", "cfg.yaml", "extra"]),
+    ("run_distribute_train_gpu.sh", []),
+    ("run_distribute_train_gpu.sh", ["/d/train", "cfg.yaml", "extra"]),
+])
+def test_zoo_launchers_print_their_usage_on_a_wrong_call(script, args):
+    proc = _launch(script, *args)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"usage: bash scripts/{script}"), proc.stderr

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.schedules import lr_from_config, thor_damping, thor_lr, warmup_lr
+from src.schedules import lr_batch_scaling, lr_from_config, thor_damping, thor_lr, warmup_lr
 
 
 def test_linear_warmup_then_linear_decay_by_hand():
@@ -64,3 +64,15 @@ def test_lr_from_config_uses_the_mode(tiny_cfg):
     cfg = tiny_cfg("--epoch_size", "3", "--lr_decay_mode", "cosine", "--warmup_epochs", "1", "--lr_max", "0.4")
     lr = lr_from_config(cfg, 5)
     assert len(lr) == 15 and lr[5] == pytest.approx(0.4) and lr[0] == 0.0
+
+
+def test_lr_for_another_global_batch_is_warned_about_or_scaled_linearly(tiny_cfg):
+    assert lr_batch_scaling(2048, 2048, "none") == (1.0, None)
+    assert lr_batch_scaling(0, 4, "linear") == (1.0, None)  # nothing recorded: nothing to compare
+    factor, note = lr_batch_scaling(2048, 4, "none")
+    assert factor == 1.0 and "tuned for a global batch of 2048, this run's is 4" in note
+    factor, note = lr_batch_scaling(2048, 256, "linear")
+    assert factor == 0.125 and "x 0.125" in note
+    cfg = tiny_cfg("--epoch_size", "2", "--lr_decay_mode", "linear", "--warmup_epochs", "1", "--lr_max", "0.8")
+    np.testing.assert_allclose(lr_from_config(cfg, 4, 0.125),
+                               0.125 * np.array([0.0, 0.2, 0.4, 0.6, 0.8, 0.6, 0.4, 0.2]), rtol=1e-6)
