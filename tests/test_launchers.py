@@ -117,7 +117,8 @@ def _launch(script, *args, **env):
 @pytest.mark.parametrize("script, args, expected", [
     ("run_standalone_train.sh", ["/d/train", "cfg.yaml", "auto", "--epoch_size", "1"],
      "train.py --data_path /d/train --config_path cfg.yaml --resume_ckpt auto --epoch_size 1"),
-    ("run_standalone_train.sh", ["/d/train", "--", "--epoch_size", "1"], "train.py --data_path /d/train --epoch_size 1"),
+    ("run_standalone_train.sh", ["/d/train", "--", "--epoch_size", "1"],
+     "train.py --data_path /d/train --epoch_size 1"),
     ("run_standalone_train.sh", ["--config_path", "cfg.yaml"], "train.py --config_path cfg.yaml"),
     ("run_eval.sh", ["/d/val", "best.ckpt", "cfg.yaml"],
      "eval.py --data_path /d/val --checkpoint_path best.ckpt --config_path cfg.yaml"),
