@@ -55,7 +55,7 @@ def main(argv=None):
     images, bad = [], []
     for path in files:
         try:
-            images.append((path, preprocess(read_rgb(path), cfg.eval_image_size, cfg.eval_crop_ratio)))
+            images.append((path, preprocess(read_rgb(path), cfg.eval_image_size, cfg.eval_crop_ratio, cfg.dataset)))
         except ValueError as exc:
             bad.append(path)
             print(f"error: {path}: cannot be read as an image ({exc})", file=sys.stderr, flush=True)

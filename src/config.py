@@ -37,6 +37,7 @@ CHOICES = {
     "optimizer": ("Momentum", "Thor"),
     "lr_decay_mode": ("linear", "cosine", "steps", "poly", "constant", "thor"),
     "lr_scaling": ("none", "linear"),
+    "dataset": ("imagenet2012", "cifar10"),
     "loss_scale_mode": ("fixed", "dynamic"),
     "thor_mode": ("fixed", "trace"),
     "thor_convention": ("mindspore", "kfac"),

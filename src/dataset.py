@@ -67,10 +67,13 @@ def _extensions():
     return [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
 
 
-def eval_transforms(image_size, crop_ratio=0.875):
+def eval_transforms(image_size, crop_ratio=0.875, dataset="imagenet2012"):
     """Evaluation preprocessing of a decoded RGB HWC uint8 image: resize the shorter side to
     ``image_size / crop_ratio``, center-crop ``image_size``, normalise, HWC -> CHW. Shared by the eval
-    pipeline and predict.py (where the ops run eagerly on NumPy arrays)."""
+    pipeline and predict.py (where the ops run eagerly on NumPy arrays). For a network trained on ``cifar10``:
+    resize to ``image_size`` square and normalise with CIFAR-10's mean and std, as its pipeline does."""
+    if dataset == "cifar10":
+        return [V.Resize((image_size, image_size)), V.Normalize(mean=CIFAR10_MEAN, std=CIFAR10_STD), V.HWC2CHW()]
     resize = int(round(image_size / crop_ratio))
     return [V.Resize(resize), V.CenterCrop(image_size), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
             V.HWC2CHW()]
@@ -144,10 +147,59 @@ def create_synthetic_dataset(num_images, class_num, image_size, batch_size, trai
     return data, [f"class_{i}" for i in range(class_num)]
 
 
+CIFAR10_MEAN = [0.4914 * 255, 0.4822 * 255, 0.4465 * 255]  # the model zoo's CIFAR-10 normalisation
+CIFAR10_STD = [0.2023 * 255, 0.1994 * 255, 0.2010 * 255]
+CIFAR10_RECORD = 1 + 3 * 32 * 32  # label byte, then the R, G and B planes
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _cifar10_files(path, train):
+    """The binary batches of ``path`` the split reads, checked: ``[(file, images)]``."""
+    if not os.path.isdir(path):
+        raise UserError(f"{path}: CIFAR-10 folder not found (dataset cifar10 reads cifar-10-batches-bin)")
+    wanted = [f"data_batch_{i}.bin" for i in range(1, 6)] if train else ["test_batch.bin"]
+    found = [(os.path.join(path, f), os.path.getsize(os.path.join(path, f))) for f in wanted
+             if os.path.isfile(os.path.join(path, f))]
+    if not found:
+        raise UserError(f"{path}: no {' / '.join(wanted[:1] + (['...'] if train else []))} here; dataset cifar10 "
+                        f"reads the binary version's folder (cifar-10-batches-bin)")
+    for name, size in found:
+        if size == 0 or size % (10000 * CIFAR10_RECORD):
+            raise UserError(f"{name}: {size} bytes, not whole CIFAR-10 binary batches of 10000 images "
+                            f"({10000 * CIFAR10_RECORD} bytes each); re-download the binary version")
+    return [(name, size // CIFAR10_RECORD) for name, size in found]
+
+
+def create_cifar10_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1):
+    """CIFAR-10 from its binary batches (``data_batch_1..5.bin`` for training, ``test_batch.bin`` for
+    evaluation), preprocessed as the model zoo's ResNet does: training RandomCrop 32 with 4 pixels of padding
+    and a horizontal flip; both splits resized to ``image_size`` (224 in the zoo's recipe), normalised with
+    CIFAR-10's mean and std, HWC -> CHW. Returns (dataset, class_names)."""
+    files = _cifar10_files(path, train)
+    meta = os.path.join(path, "batches.meta.txt")
+    classes = CIFAR10_CLASSES
+    if os.path.isfile(meta):
+        with open(meta, encoding="utf-8", errors="replace") as f:
+            names = tuple(line.strip() for line in f if line.strip())
+        classes = names if len(names) == 10 else classes
+    data = ds.Cifar10Dataset(path, usage="train" if train else "test", num_parallel_workers=num_workers,
+                             **_sharding(train, train, rank, group_size, sum(n for _, n in files)))
+    ops = [V.RandomCrop(32, padding=4), V.RandomHorizontalFlip(prob=0.5)] if train else []
+    if image_size != 32:
+        ops.append(V.Resize((image_size, image_size)))
+    ops += [V.Normalize(mean=CIFAR10_MEAN, std=CIFAR10_STD), V.HWC2CHW()]
+    data = data.map(operations=ops, input_columns="image", num_parallel_workers=num_workers)
+    data = data.map(operations=T.TypeCast(ms.int32), input_columns="label", num_parallel_workers=num_workers)
+    return data.batch(batch_size, drop_remainder=train), list(classes)
+
+
 def resolve_eval_path(cfg):
-    """The validation folder: ``eval_dataset_path``, else a ``val`` folder beside ``data_path``, else None."""
+    """The validation data: ``eval_dataset_path``; else for image folders a ``val`` folder beside ``data_path``,
+    for CIFAR-10 the ``data_path`` folder itself (its test_batch.bin); else None."""
     if cfg.eval_dataset_path:
         return cfg.eval_dataset_path
+    if cfg.data_path and cfg.dataset == "cifar10":
+        return cfg.data_path
     if cfg.data_path:
         sibling = os.path.join(os.path.dirname(os.path.abspath(cfg.data_path)), "val")
         if os.path.isdir(sibling):
@@ -177,6 +229,11 @@ def dataset_from_config(cfg, train, rank=0, group_size=1, path=None, warn=print)
         if note and note not in _SAID:  # once per process, not once per pipeline
             _SAID.add(note)
             warn(note)
+    if path is not None and cfg.dataset == "cifar10":
+        data, classes = create_cifar10_dataset(path, train, size, batch, workers, rank, group_size)
+        if cfg.class_num != 10:
+            raise UserError(f"{path}: CIFAR-10 has 10 classes, but class_num is {cfg.class_num}")
+    elif path is not None:
         data, classes = create_folder_dataset(path, train, size, batch, workers, rank,
                                               group_size, cfg.eval_crop_ratio, bad_images=cfg.bad_images,
                                               warn=warn, crop_scale_min=cfg.crop_scale_min)

@@ -43,10 +43,11 @@ def read_rgb(path):
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
-def preprocess(rgb, image_size, crop_ratio):
-    """The evaluation transform of src/dataset.py, run eagerly: float32 CHW, normalised."""
+def preprocess(rgb, image_size, crop_ratio, dataset="imagenet2012"):
+    """The evaluation transform of src/dataset.py for networks trained on ``dataset``, run eagerly: float32 CHW,
+    normalised."""
     out = rgb
-    for op in eval_transforms(image_size, crop_ratio):
+    for op in eval_transforms(image_size, crop_ratio, dataset):
         out = op(out)
     return np.asarray(out, dtype=np.float32)
 

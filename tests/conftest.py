@@ -40,6 +40,27 @@ def write_image_folder(root, classes=3, per_class=8, size=20, seed=0, fmt="JPEG"
     return root
 
 
+def write_cifar10_batches(root, files=("data_batch_1.bin", "test_batch.bin"), seed=0):
+    """CIFAR-10 binary batches as the dataset ships them: 10000 records per file, each a label byte and the R, G
+    and B planes of a 32x32 image; returns {file: (labels, images (N, 32, 32, 3) uint8)}."""
+    os.makedirs(root, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name in files:
+        labels = rng.integers(0, 10, 10000).astype(np.uint8)
+        planes = rng.integers(0, 256, (10000, 3, 32, 32)).astype(np.uint8)
+        np.concatenate([labels[:, None], planes.reshape(10000, -1)], axis=1).tofile(os.path.join(root, name))
+        written[name] = (labels, planes.transpose(0, 2, 3, 1))
+    return written
+
+
+@pytest.fixture(scope="session")
+def cifar10_bin(tmp_path_factory):
+    """A ``cifar-10-batches-bin`` folder with one training batch and the test batch (random pixels)."""
+    root = str(tmp_path_factory.mktemp("cifar") / "cifar-10-batches-bin")
+    return root, write_cifar10_batches(root)
+
+
 @pytest.fixture(scope="session")
 def image_data(tmp_path_factory):
     """``train/`` (3 classes x 8 images) and ``val/`` (3 classes x 5 = 15 images, not a multiple of 4)."""

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 from conftest import write_image_folder
 
-from src.dataset import SyntheticImages, create_folder_dataset, dataset_from_config, scan_image_folder
+from src.dataset import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    SyntheticImages,
+    create_folder_dataset,
+    dataset_from_config,
+    scan_image_folder,
+)
 from src.errors import UserError
+from src.inference import preprocess
 
 
 def _batches(data):
@@ -96,3 +104,33 @@ def test_synthetic_dataset_from_config(tiny_cfg):
     assert train.get_dataset_size() == 24 // 4 and len(classes) == 3
     ev, _ = dataset_from_config(cfg, train=False)
     assert sum(b[0].shape[0] for b in _batches(ev)) == 10
+
+
+def test_cifar10_binary_batches_read_as_the_zoo_preprocesses_them(cifar10_bin, tiny_cfg, tmp_path):
+    """Evaluation reads test_batch.bin in file order: pixels normalised with CIFAR-10's mean/std, CHW, labels as
+    written; training reads the data batches, random-cropped (padding 4) and flipped, then resized."""
+    path, written = cifar10_bin
+    cfg = tiny_cfg("--dataset", "cifar10", "--data_path", path, "--class_num", "10", "--eval_batch_size", "100",
+                   "--eval_image_size", "32", "--train_image_size", "24")
+    data, classes = dataset_from_config(cfg, train=False)
+    assert classes[0] == "airplane" and len(classes) == 10 and data.get_dataset_size() == 100
+    image, label = next(data.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    labels, pixels = written["test_batch.bin"]
+    np.testing.assert_array_equal(label, labels[:100])
+    expected = (pixels[:100].astype(np.float32) - np.float32(CIFAR10_MEAN)) / np.float32(CIFAR10_STD)
+    np.testing.assert_allclose(image, expected.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-4)
+    # predict.py's eager transform for a CIFAR-10 network: the same values for the same image
+    np.testing.assert_allclose(preprocess(pixels[0], 32, 1.0, "cifar10"), image[0], rtol=1e-5, atol=1e-4)
+    train, _ = dataset_from_config(cfg, train=True)
+    image, label = next(train.create_tuple_iterator(num_epochs=1, output_numpy=True))
+    assert image.shape == (4, 3, 24, 24) and label.dtype == np.int32 and train.get_dataset_size() == 2500
+
+    with pytest.raises(UserError, match="class_num is 3"):
+        dataset_from_config(tiny_cfg("--dataset", "cifar10", "--data_path", path), train=False)
+    with pytest.raises(UserError, match="no data_batch_1.bin"):
+        dataset_from_config(tiny_cfg("--dataset", "cifar10", "--data_path", str(tmp_path), "--class_num", "10"),
+                            train=True)
+    (tmp_path / "test_batch.bin").write_bytes(b"\0" * 3073 * 10)
+    with pytest.raises(UserError, match="not whole CIFAR-10 binary batches"):
+        dataset_from_config(tiny_cfg("--dataset", "cifar10", "--data_path", str(tmp_path), "--class_num", "10"),
+                            train=False)

@@ -1,11 +1,13 @@
 """train.py -> eval.py -> export.py through subprocesses, as a user runs them, plus bad input."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY_ARGS, fails_cleanly, last_json, run_script
+from conftest import REPO, TINY_ARGS, fails_cleanly, last_json, run_script
 
 pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
@@ -118,3 +120,24 @@ def test_keep_checkpoint_max_and_help(tmp_path):
     assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
     helped = run_script("train.py", "--help")
     assert helped.returncode == 0 and "--thor_mode" in helped.stdout and "--batch_size" in helped.stdout
+
+
+def test_cifar10_binary_recipe_trains_and_evaluates_through_the_zoo_launchers(cifar10_bin, tmp_path):
+    """The zoo's CIFAR-10 recipe (shortened, on the tiny network) from binary batches, through
+    run_standalone_train.sh and run_eval.sh in their positional forms; every one of the 10000 test images
+    scored."""
+    path, _ = cifar10_bin
+    out = str(tmp_path / "cifar")
+    env = dict(os.environ, PYTHON=sys.executable)
+    small = [*TINY_ARGS, "--class_num", "10", "--epoch_size", "1", "--max_steps_per_epoch", "3",
+             "--eval_batch_size", "500", "--warmup_epochs", "0", "--output_dir", out]
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_standalone_train.sh"), path,
+                           os.path.join(REPO, "config", "resnet50_cifar10.yaml"), "", *small],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "eval epoch 1: top1" in proc.stdout
+    ckpt = os.path.join(out, "resnet18-1_3.ckpt")
+    proc = subprocess.run(["bash", os.path.join(REPO, "scripts", "run_eval.sh"), path, ckpt],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert last_json(proc.stdout)["images"] == 10000
