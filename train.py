@@ -159,6 +159,7 @@ def main(argv=None):
     if train_cell.describe():
         log(train_cell.describe())
     metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
+    metrics.write(event="start", epoch=initial_epoch, steps_per_epoch=steps_per_epoch)  # wall-clock counts compiling
     callbacks, monitor, evaluator = build_callbacks(cfg, (rank, group, out, log, metrics), train_cell, network,
                                                     eval_ds, lr, state_at, steps_per_epoch)
 

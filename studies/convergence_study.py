@@ -19,6 +19,9 @@ import subprocess
 import sys
 import time
 
+from src.errors import UserError
+from tools.plot_metrics import draw, read_run
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RECIPES = "config/cifar10_momentum.yaml,config/cifar10_thor.yaml,config/cifar10_thor_trace.yaml"
 
@@ -76,27 +79,14 @@ def markdown(runs):
 
 
 def plot(runs, path):
+    """top-1 against epochs and against wall-clock, the baseline's final top-1 as a dashed line
+    (tools/plot_metrics.py); None when matplotlib is missing."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)")
+        return draw([read_run(r["metrics"]) for r in runs], path, [r["name"] for r in runs],
+                    panels=("top1_epoch", "top1_time"), hline=runs[0]["target_top1"])
+    except UserError as exc:
+        print(f"no plot: {exc}")
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for r in runs:
-        e, top1, t = zip(*r["curve"])
-        axes[0].plot(e, top1, marker="o", label=r["name"])
-        axes[1].plot([x / 60 for x in t], top1, marker="o", label=r["name"])
-    for ax, xlabel in zip(axes, ("epoch", "wall-clock (min)")):
-        ax.axhline(runs[0]["target_top1"], color="grey", linestyle="--", linewidth=0.8)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("val top-1")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
 
 
 def main(argv=None):
@@ -122,6 +112,7 @@ def main(argv=None):
         if proc.returncode != 0:
             raise SystemExit(f"error: {name} failed (exit {proc.returncode}); see {out}/train.log")
         runs.append({"name": name, "recipe": recipe, "seconds": time.time() - start,
+                     "metrics": os.path.join(out, "metrics.jsonl"),
                      "curve": curve(os.path.join(out, "metrics.jsonl"), start)})
     summarise(runs)
     table = markdown(runs)
