@@ -6,20 +6,30 @@ A checkpoint of the training cell holds the network (weights and BN statistics),
 temporary file in the same folder and renamed into place, so a crash never leaves a half-written
 checkpoint under the real name.
 """
+from __future__ import annotations
+
 import glob
 import os
 import re
+from typing import TYPE_CHECKING
 
 import mindspore as ms
 
 from src.config import config_yaml
 from src.errors import UserError
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from easydict import EasyDict
+    from mindspore import nn
+
+
 META_KEYS = ("epoch_num", "step_num", "net_name", "class_num", "lr", "damping", "config")
 TMP_PREFIX = ".tmp-"
 
 
-def save(cell, path, epoch, step, cfg, extra=None):
+def save(cell: nn.Cell, path: str, epoch: int, step: int, cfg: EasyDict, extra: dict | None = None) -> None:
     """Write ``cell``'s parameters and metadata to ``path`` atomically (temp file + fsync + rename).
 
     The metadata: ``net_name``, ``class_num``, the resolved config as YAML text (``config``), and for a
@@ -48,7 +58,7 @@ def save(cell, path, epoch, step, cfg, extra=None):
     return path
 
 
-def remove_stale_temporaries(folder):
+def remove_stale_temporaries(folder: str) -> list[str]:
     """Delete temporary checkpoint files left by a process that was killed while writing (their pid is
     gone). Returns the removed paths."""
     removed = []
@@ -74,7 +84,7 @@ def _alive(pid):
     return True
 
 
-def latest_loadable(folder, prefix, warn=print):
+def latest_loadable(folder: str, prefix: str, warn: Callable[[str], None] = print) -> tuple[str | None, dict | None]:
     """``(path, params)`` of the newest periodic checkpoint in ``folder`` that reads back (CRC checked), or
     ``(None, None)``. Unreadable ones (e.g. cut by a crash outside this code) are named in a warning and
     skipped, never deleted."""
@@ -89,7 +99,7 @@ def latest_loadable(folder, prefix, warn=print):
     return None, None
 
 
-def read(path):
+def read(path: str) -> dict:
     """Load a checkpoint file into a dict of Parameters; a UserError for a missing or unreadable file."""
     if not path or not os.path.isfile(path):
         raise UserError(f"checkpoint not found: {path}")
@@ -102,7 +112,7 @@ def read(path):
         raise UserError(f"{path}: not a readable MindSpore checkpoint ({first[:200]})") from None
 
 
-def meta(params):
+def meta(params: dict) -> dict:
     """The metadata saved with a checkpoint (missing keys are None)."""
     out = {}
     for key in META_KEYS:
@@ -113,7 +123,7 @@ def meta(params):
     return out
 
 
-def load_into(cell, params, path, skip=()):
+def load_into(cell: nn.Cell, params: dict, path: str, skip: Sequence[str] = ()) -> list[str]:
     """Copy ``params`` into ``cell`` after checking that every parameter of ``cell`` is present with the
     same shape; ``skip`` lists name prefixes not to load at all. Raises a UserError naming the first
     mismatch."""
@@ -134,13 +144,13 @@ def load_into(cell, params, path, skip=()):
     return sorted(wanted)
 
 
-def step_of(path):
+def step_of(path: str) -> int:
     """Global step encoded in a file name ``<prefix>-<epoch>_<step>.ckpt`` (for ordering), or -1."""
     m = re.search(r"-(\d+)_(\d+)\.ckpt$", path)
     return int(m.group(2)) if m else -1
 
 
-def list_checkpoints(folder, prefix):
+def list_checkpoints(folder: str, prefix: str) -> list[str]:
     """Periodic checkpoints of ``prefix`` in ``folder``, oldest step first."""
     files = glob.glob(os.path.join(folder, f"{prefix}-*_*.ckpt"))
     return sorted(files, key=step_of)

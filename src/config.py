@@ -7,16 +7,24 @@ only use keys defined there. Command-line overrides come last. Nothing here runs
     cfg = parse_args(["--config_path", "config/resnet50_cpu_smoke.yaml", "--batch_size", "8"])
     cfg.batch_size  # 8
 """
+from __future__ import annotations
+
 import difflib
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
 
 import yaml
 from easydict import EasyDict
 
 from src.errors import UserError
 from src.host import SETTINGS as CPU_ISA_SETTINGS
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "default_config.yaml")
@@ -99,7 +107,7 @@ _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
 
 
-def load_yaml(path):
+def load_yaml(path: str) -> dict:
     """Read a YAML mapping from ``path``; every failure is a one-line UserError naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
@@ -117,7 +125,7 @@ def load_yaml(path):
     return data
 
 
-def key_help(path=DEFAULT_CONFIG):
+def key_help(path: str = DEFAULT_CONFIG) -> dict[str, str]:
     """Return {key: comment} from the ``key: value  # comment`` lines of the default config."""
     helps = {}
     with open(path, encoding="utf-8") as f:
@@ -148,7 +156,7 @@ def _unknown(key, known, source):
     return UserError(f"{source}: unknown config key '{key}'{hint}")
 
 
-def coerce(key, value, typ, source):
+def coerce(key: str, value: Any, typ: type, source: str) -> Any:
     """Convert ``value`` (from YAML or from the command line) to ``typ`` or raise a UserError."""
     where = f"{source}: key '{key}'"
     if value is None:
@@ -224,7 +232,7 @@ def _split_argv(argv):
     return pairs
 
 
-def validate(cfg):
+def validate(cfg: EasyDict) -> EasyDict:
     """Check choices and ranges of an assembled config; raise a UserError naming the key."""
     for key, choices in CHOICES.items():
         if key in cfg and cfg[key] not in choices:
@@ -246,7 +254,7 @@ def validate(cfg):
     return cfg
 
 
-def parse_args(argv=None, default_path=DEFAULT_CONFIG):
+def parse_args(argv: Sequence[str] | None = None, default_path: str = DEFAULT_CONFIG) -> EasyDict:
     """Build the run configuration from the default YAML, an optional recipe and ``--key value`` pairs.
 
     ``argv`` defaults to ``sys.argv[1:]``. ``--config_path FILE`` selects the recipe. Returns an EasyDict
@@ -284,7 +292,7 @@ def parse_args(argv=None, default_path=DEFAULT_CONFIG):
     return validate(cfg)
 
 
-def print_help(default_path=DEFAULT_CONFIG, header=None):
+def print_help(default_path: str = DEFAULT_CONFIG, header: str | None = None) -> None:
     helps = key_help(default_path)
     defaults = load_yaml(default_path)
     print(header or "usage: train.py [--config_path FILE] [--key value ...]\n\nkeys (default, meaning):")
@@ -292,14 +300,14 @@ def print_help(default_path=DEFAULT_CONFIG, header=None):
         print(f"  --{key:<24} {value!s:<14} {helps.get(key, '')}")
 
 
-def config_yaml(cfg):
+def config_yaml(cfg: EasyDict) -> str:
     """The resolved config as YAML text (every key, no ``config_path``): saved beside the outputs and
     inside every checkpoint."""
     plain = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.items() if k != "config_path"}
     return yaml.safe_dump(plain, sort_keys=False)
 
 
-def save_config(cfg, path):
+def save_config(cfg: EasyDict, path: str) -> None:
     """Write the resolved config as YAML (atomically), so a run can be reproduced from its outputs."""
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:

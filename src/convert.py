@@ -9,13 +9,20 @@ The ``.safetensors`` reader here is a small one of our own (8-byte little-endian
 header, raw little-endian data), so that float16 and bfloat16 files load into float32 without extra
 packages.
 """
+from __future__ import annotations
+
 import json
 import os
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from src.errors import UserError
+
+if TYPE_CHECKING:
+    from mindspore import nn
+
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
@@ -24,7 +31,7 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.in
 _PREFIXES = ("module.", "model.", "backbone.")
 
 
-def read_safetensors(path):
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """Read a ``.safetensors`` file into ``{name: float32/int ndarray}``; a UserError for a bad file."""
     if not os.path.isfile(path):
         raise UserError(f"weights file not found: {path}")
@@ -70,7 +77,7 @@ def read_safetensors(path):
     return out
 
 
-def torch_to_ours(name):
+def torch_to_ours(name: str) -> str | None:
     """Our parameter name for a torchvision/timm ResNet tensor name, or None for tensors we do not keep
     (``num_batches_tracked``). Raises a UserError for a name that is not part of a ResNet."""
     parts = name.split(".")
@@ -94,7 +101,7 @@ def torch_to_ours(name):
     return block + module + "." + leaf
 
 
-def strip_prefix(tensors):
+def strip_prefix(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Drop a wrapper prefix (``module.``, ``model.``, ``backbone.``) shared by every key."""
     for prefix in _PREFIXES:
         if tensors and all(k.startswith(prefix) for k in tensors):
@@ -102,7 +109,7 @@ def strip_prefix(tensors):
     return tensors
 
 
-def convert(tensors, network, source="weights"):
+def convert(tensors: dict[str, np.ndarray], network: nn.Cell, source: str = "weights") -> dict:
     """Map torch-named ``tensors`` onto ``network``'s parameters. Every parameter of the network must
     be found with the same shape and every source tensor must be used (except ``num_batches_tracked``).
     Returns ``{our_name: float32 ndarray}``; raises a UserError naming the first problem."""
@@ -132,7 +139,7 @@ def convert(tensors, network, source="weights"):
     return out
 
 
-def classifier_size(tensors):
+def classifier_size(tensors: dict[str, np.ndarray]) -> int | None:
     """Number of classes of the ``fc`` layer in torch-named ``tensors`` (None when there is none)."""
     fc = strip_prefix(tensors).get("fc.weight")
     return None if fc is None else int(fc.shape[0])

@@ -13,6 +13,8 @@ MindSpore reports bad samples only in its native log (C++ glog lines on file des
 are turned into our warnings (``skip``) or dropped in favour of our one-line error (``stop``); every
 other line is passed through unchanged.
 """
+from __future__ import annotations
+
 import os
 import re
 import sys
@@ -26,7 +28,7 @@ _PIPELINE_ABORT = re.compile(r"^\[ERROR\] MD\(.*\] InterruptMaster\] MindSpore d
 _ABORT_DETAIL = re.compile(r"^(Line of code|File)\s*: ")
 
 
-def apply_policy(policy):
+def apply_policy(policy: str) -> None:
     """Set MindSpore's error-samples mode for ``bad_images`` (before any pipeline starts)."""
     mode = ds.config.ErrorSamplesMode.REPLACE if policy == "skip" else ds.config.ErrorSamplesMode.RETURN
     ds.config.set_error_samples_mode(mode)

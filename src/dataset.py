@@ -6,7 +6,10 @@ Eval: Decode -> Resize(size / crop_ratio) -> CenterCrop(size) -> Normalize -> HW
 partial batch is kept, so every image of the split is scored.
 Data parallel: each rank reads the 1/group_size shard ``rank`` of the files.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
 
 import mindspore as ms
 import mindspore.dataset as ds
@@ -17,12 +20,18 @@ import numpy as np
 from src.errors import UserError
 from src.host import worker_budget
 
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from easydict import EasyDict
+
+
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp")
 
 
-def scan_image_folder(path):
+def scan_image_folder(path: str) -> tuple[list[str], list[int], list[str]]:
     """Check an ImageNet-layout folder and return ``(class_names, images_per_class, empty_files)``.
 
     Raises a UserError naming the folder when it is missing, has no class folders, or a class folder
@@ -67,7 +76,7 @@ def _extensions():
     return [e for ext in IMAGE_EXTENSIONS for e in (ext, ext.upper())]
 
 
-def eval_transforms(image_size, crop_ratio=0.875, dataset="imagenet2012"):
+def eval_transforms(image_size: int, crop_ratio: float = 0.875, dataset: str = "imagenet2012") -> list:
     """Evaluation preprocessing of a decoded RGB HWC uint8 image: resize the shorter side to
     ``image_size / crop_ratio``, center-crop ``image_size``, normalise, HWC -> CHW. Shared by the eval
     pipeline and predict.py (where the ops run eagerly on NumPy arrays). For a network trained on ``cifar10``:
@@ -79,9 +88,10 @@ def eval_transforms(image_size, crop_ratio=0.875, dataset="imagenet2012"):
             V.HWC2CHW()]
 
 
-def create_folder_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1,
-                          crop_ratio=0.875, drop_remainder=None, shuffle=None, bad_images="stop", warn=print,
-                          crop_scale_min=0.08):
+def create_folder_dataset(path: str, train: bool, image_size: int, batch_size: int, num_workers: int = 2, rank: int = 0,
+                          group_size: int = 1, crop_ratio: float = 0.875, drop_remainder: bool | None = None,
+                          shuffle: bool | None = None, bad_images: str = "stop", warn: Callable[[str], None] = print,
+                          crop_scale_min: float = 0.08) -> tuple[ds.Dataset, list[str]]:
     """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names).
     Zero-byte image files stop here with ``bad_images`` stop, and are announced with skip."""
     classes, counts, empty = scan_image_folder(path)
@@ -136,8 +146,9 @@ class SyntheticImages:
         return image.astype(np.float32), np.array(label, dtype=np.int32)
 
 
-def create_synthetic_dataset(num_images, class_num, image_size, batch_size, train, seed=0, rank=0,
-                             group_size=1, drop_remainder=None):
+def create_synthetic_dataset(num_images: int, class_num: int, image_size: int, batch_size: int, train: bool,
+                             seed: int = 0, rank: int = 0, group_size: int = 1,
+                             drop_remainder: bool | None = None) -> tuple[ds.Dataset, list[str]]:
     """Synthetic train or eval pipeline; eval uses a disjoint range of items (other noise)."""
     source = SyntheticImages(num_images, class_num, image_size, seed=seed, split=0 if train else 1)
     data = ds.GeneratorDataset(source, column_names=["image", "label"], python_multiprocessing=False,
@@ -170,7 +181,8 @@ def _cifar10_files(path, train):
     return [(name, size // CIFAR10_RECORD) for name, size in found]
 
 
-def create_cifar10_dataset(path, train, image_size, batch_size, num_workers=2, rank=0, group_size=1):
+def create_cifar10_dataset(path: str, train: bool, image_size: int, batch_size: int, num_workers: int = 2,
+                           rank: int = 0, group_size: int = 1) -> tuple[ds.Dataset, list[str]]:
     """CIFAR-10 from its binary batches (``data_batch_1..5.bin`` for training, ``test_batch.bin`` for
     evaluation), preprocessed as the model zoo's ResNet does: training RandomCrop 32 with 4 pixels of padding
     and a horizontal flip; both splits resized to ``image_size`` (224 in the zoo's recipe), normalised with
@@ -193,7 +205,7 @@ def create_cifar10_dataset(path, train, image_size, batch_size, num_workers=2, r
     return data.batch(batch_size, drop_remainder=train), list(classes)
 
 
-def resolve_eval_path(cfg):
+def resolve_eval_path(cfg: EasyDict) -> str | None:
     """The validation data: ``eval_dataset_path``; else for image folders a ``val`` folder beside ``data_path``,
     for CIFAR-10 the ``data_path`` folder itself (its test_batch.bin); else None."""
     if cfg.eval_dataset_path:
@@ -210,7 +222,8 @@ def resolve_eval_path(cfg):
 _SAID = set()
 
 
-def dataset_from_config(cfg, train, rank=0, group_size=1, path=None, warn=print):
+def dataset_from_config(cfg: EasyDict, train: bool, rank: int = 0, group_size: int = 1, path: str | None = None,
+                        warn: Callable[[str], None] = print) -> tuple[ds.Dataset, list[str]]:
     """Factory used by train.py and eval.py. ``path`` overrides the folder; None means synthetic data
     when the config has no data path. Returns (dataset, class_names)."""
     batch = cfg.batch_size if train or not cfg.eval_batch_size else cfg.eval_batch_size

@@ -1,6 +1,9 @@
 """Helpers shared by eval.py and export.py: script-only options and the network from a checkpoint."""
+from __future__ import annotations
+
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from easydict import EasyDict
 
@@ -8,6 +11,12 @@ from src import checkpoint
 from src.config import coerce, parse_args, print_help
 from src.errors import UserError
 from src.resnet import network_from_config
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mindspore import nn
+
 
 
 class Option:
@@ -18,11 +27,11 @@ class Option:
         self.required, self.choices, self.check = required, choices, check
 
 
-def wants_help(argv):
+def wants_help(argv: Sequence[str]) -> bool:
     return any(a in ("-h", "--help") for a in argv)
 
 
-def print_script_help(usage, options, doc=None):
+def print_script_help(usage: str, options: Sequence, doc: str | None = None) -> None:
     """Usage, the script's own options, then every config key (they are accepted too)."""
     print(f"usage: {usage}\n")
     if doc:
@@ -35,7 +44,7 @@ def print_script_help(usage, options, doc=None):
     print_help(header="config keys (any key of default_config.yaml; default, meaning):")
 
 
-def parse_script_args(argv, options, usage, doc=None):
+def parse_script_args(argv: Sequence[str], options: Sequence, usage: str, doc: str | None = None) -> tuple:
     """Take the script's own ``options`` out of ``argv`` and return ``(values, rest)``.
 
     Values are converted with the config's typed rules (``--verify ture`` is an error naming the option);
@@ -75,7 +84,7 @@ def _pop(argv, name):
     return None, argv
 
 
-def config_for_checkpoint(argv, ckpt_path):
+def config_for_checkpoint(argv: Sequence[str], ckpt_path: str) -> EasyDict:
     """Parse the config for a script that works on a checkpoint. Without ``--config_path``, the
     ``config.yaml`` that train.py saved beside the checkpoint is used (so net_name, class_num, width and
     image sizes match the training run); otherwise default_config.yaml."""
@@ -90,7 +99,7 @@ def config_for_checkpoint(argv, ckpt_path):
     return cfg
 
 
-def load_network(cfg, ckpt_path):
+def load_network(cfg: EasyDict, ckpt_path: str) -> nn.Cell:
     """Build the network of ``cfg`` and load its weights from ``ckpt_path``; optimizer and THOR state in
     the checkpoint are ignored."""
     network = network_from_config(cfg)

@@ -1,9 +1,16 @@
 """User-facing errors: one clear line and a non-zero exit, no traceback spew."""
+from __future__ import annotations
+
 import contextlib
 import functools
 import os
 import re
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
 
 
 class UserError(Exception):
@@ -13,7 +20,7 @@ class UserError(Exception):
     """
 
 
-def cli_main(func):
+def cli_main(func: Callable) -> Callable:
     """Decorate an entry point's ``main(argv)`` so that a UserError becomes one line and exit 2.
 
     Set ``RESNET_THOR_DEBUG=1`` to see the full traceback instead.
@@ -39,7 +46,7 @@ _DATA_FILE = re.compile(r"The corresponding data file is: (.+?)\.\s+(.*?)(?:\n|$
 
 
 @contextlib.contextmanager
-def data_errors():
+def data_errors() -> Iterator[None]:
     """Turn a MindSpore data-pipeline failure on one file (a corrupt or non-image file) into a
     UserError that names the file."""
     try:

@@ -1,9 +1,16 @@
 """Top-1/top-5 evaluation that counts every image of the split exactly once."""
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
+
+if TYPE_CHECKING:
+    import mindspore.dataset as ds
+
 
 
 class LogitsCell(nn.Cell):
@@ -17,7 +24,7 @@ class LogitsCell(nn.Cell):
         return ops.cast(self.network(image), ms.float32)
 
 
-def topk_correct(logits, labels, k):
+def topk_correct(logits: np.ndarray, labels: np.ndarray, k: int) -> int:
     """Number of rows whose label is among the k largest logits."""
     k = min(k, logits.shape[1])
     top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
@@ -33,7 +40,8 @@ class _SumAcrossRanks(nn.Cell):
         return self.allreduce(x)
 
 
-def evaluate(eval_cell, dataset, network=None, distributed=False):
+def evaluate(eval_cell: nn.Cell, dataset: ds.Dataset, network: nn.Cell | None = None,
+             distributed: bool = False) -> dict:
     """Run ``eval_cell`` (a LogitsCell) over ``dataset`` and return
     ``{"top1", "top5", "images", "loss", "seconds"}``. Puts ``network`` (the cell's network) in eval mode
     for the pass and back in train mode afterwards when it was training. With ``distributed`` every rank

@@ -10,7 +10,14 @@ run before any network is built or called; ``runtime.setup`` does that for every
 Workers. MindSpore's dataset refuses ``num_parallel_workers`` above the core count; :func:`worker_budget`
 gives the cores this process may use, shared among the ranks a launcher started on this machine.
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, MutableMapping
+
 
 ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 # The cap that ``auto`` applies on AVX-512 hosts. Chosen from `python -m benchmarks.cpu_ops` (docs/cpu_performance.md):
@@ -26,7 +33,7 @@ SETTINGS = ("auto", "none") + ONEDNN_ISAS
 _applied = {"done": False}
 
 
-def cpu_flags(path="/proc/cpuinfo"):
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
     """The CPU feature flags of this host (empty when they cannot be read, e.g. not Linux)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -38,7 +45,7 @@ def cpu_flags(path="/proc/cpuinfo"):
     return set()
 
 
-def choose_isa_cap(setting, flags, environ):
+def choose_isa_cap(setting: str, flags: set[str], environ: Mapping[str, str]) -> tuple[str | None, str | None]:
     """Decide the oneDNN ISA cap. Returns ``(value or None, reason)``; ``value`` is what to put in
     ``ONEDNN_MAX_CPU_ISA`` (None: leave the environment as it is).
 
@@ -58,7 +65,8 @@ def choose_isa_cap(setting, flags, environ):
     return setting, f"cpu_isa_cap {setting}"
 
 
-def apply_isa_cap(device_target, setting="auto", log=print, environ=None, flags=None):
+def apply_isa_cap(device_target: str, setting: str = "auto", log: Callable[[str], None] | None = print,
+                  environ: MutableMapping[str, str] | None = None, flags: set[str] | None = None) -> str | None:
     """Set ``ONEDNN_MAX_CPU_ISA`` for this process (and the processes it starts) when the target is CPU.
 
     Must run before MindSpore creates its first CPU kernel. Logs once per process what was decided and
@@ -75,14 +83,14 @@ def apply_isa_cap(device_target, setting="auto", log=print, environ=None, flags=
     return value
 
 
-def usable_cores():
+def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, which a launcher may have narrowed)."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, min(len(os.sched_getaffinity(0)), os.cpu_count() or 1))
     return max(1, os.cpu_count() or 1)
 
 
-def ranks_on_this_machine(environ=None):
+def ranks_on_this_machine(environ: Mapping[str, str] | None = None) -> int:
     """Processes of this job that share this machine: ``LOCAL_WORKER_NUM`` (set by our launchers; msrun's
     ``--local_worker_num``), else msrun's ``MS_WORKER_NUM`` (all workers, assumed local), else 1."""
     environ = os.environ if environ is None else environ
@@ -104,7 +112,7 @@ def _core_share(environ, cores, all_cores):
     return (cores if pinned else max(1, cores // ranks)), ranks, pinned
 
 
-def op_threads(environ=None, cores=None, all_cores=None):
+def op_threads(environ: Mapping[str, str] | None = None, cores: int | None = None, all_cores: int | None = None) -> int:
     """Threads for MindSpore's CPU kernels in this process: its share of the cores when several ranks share
     the machine (each would otherwise run as many threads as the machine has cores, oversubscribing it);
     None when this process is alone or already pinned."""
@@ -112,7 +120,8 @@ def op_threads(environ=None, cores=None, all_cores=None):
     return None if ranks <= 1 or pinned else share
 
 
-def worker_budget(requested, environ=None, cores=None, all_cores=None):
+def worker_budget(requested: int, environ: Mapping[str, str] | None = None, cores: int | None = None,
+                  all_cores: int | None = None) -> tuple[int, str | None]:
     """``(workers, note)``: ``requested`` data workers clamped to this process's share of the cores
     (see :func:`_core_share`). ``note`` is None when nothing was clamped."""
     share, ranks, pinned = _core_share(environ, cores, all_cores)

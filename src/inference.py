@@ -1,6 +1,9 @@
 """Classifying single image files: reading any common image, the class-name map, top-k results."""
+from __future__ import annotations
+
 import json
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -8,8 +11,12 @@ from PIL import Image, UnidentifiedImageError
 from src.dataset import IMAGE_EXTENSIONS, eval_transforms
 from src.errors import UserError
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
-def find_images(paths):
+
+
+def find_images(paths: Sequence[str]) -> list[str]:
     """Files to classify: each path that is a file, and every image file under each folder (recursively,
     sorted). A missing path is a UserError."""
     files = []
@@ -30,7 +37,7 @@ def find_images(paths):
     return files
 
 
-def read_rgb(path):
+def read_rgb(path: str) -> np.ndarray:
     """Decode ``path`` to an RGB uint8 HWC array. Grayscale, palette, CMYK and 16-bit images are converted;
     an alpha channel is dropped (as the training decoder does). Raises ValueError with the reason."""
     try:
@@ -43,7 +50,7 @@ def read_rgb(path):
         raise ValueError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
-def preprocess(rgb, image_size, crop_ratio, dataset="imagenet2012"):
+def preprocess(rgb: np.ndarray, image_size: int, crop_ratio: float, dataset: str = "imagenet2012") -> np.ndarray:
     """The evaluation transform of src/dataset.py for networks trained on ``dataset``, run eagerly: float32 CHW,
     normalised."""
     out = rgb
@@ -52,7 +59,7 @@ def preprocess(rgb, image_size, crop_ratio, dataset="imagenet2012"):
     return np.asarray(out, dtype=np.float32)
 
 
-def class_names(class_num, ckpt_path, map_path=None):
+def class_names(class_num: int, ckpt_path: str, map_path: str | None = None) -> tuple[list[str], str | None]:
     """Names of the classes, index order, from ``class_indexing.json`` ({name: index}) saved by train.py
     beside the checkpoint, or from ``map_path``. Without a map the names are ``class_<i>``.
     Returns ``(names, source)``; a map that disagrees with ``class_num`` is a UserError."""
@@ -79,7 +86,7 @@ def class_names(class_num, ckpt_path, map_path=None):
     return names, map_path
 
 
-def top_k(logits, names, k):
+def top_k(logits: np.ndarray, names: Sequence[str], k: int) -> list[tuple[str, int, float]]:
     """Softmax probabilities of one row of logits: the ``k`` best as [(name, index, probability)]."""
     z = logits.astype(np.float64) - logits.max()
     prob = np.exp(z) / np.exp(z).sum()

@@ -5,6 +5,10 @@ back-propagation and the gradients are divided by it before the optimizer (src/t
 optimizer itself is built with ``loss_scale=1``. A step whose gradients are not finite is skipped (and,
 in ``dynamic`` mode, the scale is halved).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import mindspore as ms
 from mindspore import nn, ops
 
@@ -13,6 +17,13 @@ from src.thor.capture import attach
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
 from src.train_step import TrainStep
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+    from easydict import EasyDict
+
 
 
 class ZooSmoothCrossEntropy(nn.Cell):
@@ -32,7 +43,7 @@ class ZooSmoothCrossEntropy(nn.Cell):
         return -(target * ops.log_softmax(logits, -1)).sum(-1).mean()
 
 
-def create_loss(cfg):
+def create_loss(cfg: EasyDict) -> nn.Cell:
     """Cross entropy, label-smoothed by ``label_smooth_factor`` when ``use_label_smooth``, with the targets of
     ``label_smooth_mode`` (uniform: torch's and nn.CrossEntropyLoss's; zoo: the model zoo's)."""
     smooth = cfg.label_smooth_factor if cfg.use_label_smooth else 0.0
@@ -41,12 +52,12 @@ def create_loss(cfg):
     return nn.CrossEntropyLoss(label_smoothing=smooth, reduction="mean")
 
 
-def is_no_decay(name):
+def is_no_decay(name: str) -> bool:
     """BN gamma/beta and biases take no weight decay (unless ``decay_bn_bias``)."""
     return name.endswith(("gamma", "beta", "bias"))
 
 
-def param_groups(network, weight_decay, decay_bn_bias=False):
+def param_groups(network: nn.Cell, weight_decay: float, decay_bn_bias: bool = False) -> list[dict]:
     params = network.trainable_params()
     if decay_bn_bias:
         return [{"params": params, "weight_decay": weight_decay}, {"order_params": params}]
@@ -57,7 +68,7 @@ def param_groups(network, weight_decay, decay_bn_bias=False):
             {"order_params": params}]
 
 
-def create_optimizer(cfg, network, lr):
+def create_optimizer(cfg: EasyDict, network: nn.Cell, lr: np.ndarray) -> nn.Optimizer:
     """Momentum or THOR over ``network``'s trainable parameters with the per-step ``lr`` array.
 
     For THOR this turns the network's Conv2d/Dense layers into capturing layers (src/thor/capture.py;
@@ -76,7 +87,7 @@ def create_optimizer(cfg, network, lr):
                 convention=cfg.thor_convention)
 
 
-def thor_update_flags(cfg, steps_per_epoch):
+def thor_update_flags(cfg: EasyDict, steps_per_epoch: int) -> np.ndarray:
     """Per-step booleans: where THOR refreshes its statistics (fixed interval, or growing in trace mode)."""
     total = cfg.epoch_size * steps_per_epoch
     if cfg.thor_mode == "trace":
@@ -98,14 +109,15 @@ class NetWithLoss(nn.Cell):
         return self.loss_fn(ops.cast(logits, ms.float32), label)
 
 
-def apply_amp(network, amp_level):
+def apply_amp(network: nn.Cell, amp_level: str) -> nn.Cell:
     """Cast the network for mixed precision (O1/O2/O3); O2 keeps BatchNorm in float32."""
     if amp_level != "O0":
         network = ms.amp.auto_mixed_precision(network, amp_level)
     return network
 
 
-def create_train_cell(cfg, net_with_loss, optimizer, steps_per_epoch, warn=print):
+def create_train_cell(cfg: EasyDict, net_with_loss: nn.Cell, optimizer: nn.Optimizer, steps_per_epoch: int,
+                      warn: Callable[[str], None] = print) -> nn.Cell:
     """The training cell (src/train_step.py; for THOR src/thor/trainer.py, which reports through ``warn``).
     Outputs ``(loss, overflow, loss_scale)``."""
     dynamic = cfg.loss_scale_mode == "dynamic"

@@ -8,12 +8,19 @@ parameters, like torchvision's resnet50.
 
 ``base_width`` scales every stage (64 is the standard network); tests use tiny widths.
 """
-import math
+from __future__ import annotations
 
-from mindspore import nn, ops
+import math
+from typing import TYPE_CHECKING
+
+from mindspore import Tensor, nn, ops
 from mindspore.common.initializer import HeNormal, HeUniform, Uniform
 
 from src.errors import UserError
+
+if TYPE_CHECKING:
+    from easydict import EasyDict
+
 
 
 def _conv(in_ch, out_ch, kernel, stride=1):
@@ -80,7 +87,7 @@ class Bottleneck(nn.Cell):
         return self.relu(out + identity)
 
 
-def zero_pad_hw(x):
+def zero_pad_hw(x: Tensor) -> Tensor:
     """Pad the last two axes of NCHW ``x`` by one zero row/column on each side, by concatenation (on
     MindSpore 2.10's CPU backend far faster than nn.Pad, and exportable to ONNX)."""
     n, c, h, w = x.shape
@@ -151,7 +158,8 @@ _ARCHS = {
 }
 
 
-def create_network(net_name="resnet50", class_num=1000, base_width=64, zero_init_residual=False):
+def create_network(net_name: str = "resnet50", class_num: int = 1000, base_width: int = 64,
+                   zero_init_residual: bool = False) -> nn.Cell:
     """Factory used by train.py, eval.py and export.py."""
     if net_name not in _ARCHS:
         raise UserError(f"unknown net_name {net_name!r}; expected one of {', '.join(_ARCHS)}")
@@ -160,5 +168,5 @@ def create_network(net_name="resnet50", class_num=1000, base_width=64, zero_init
                   zero_init_residual=zero_init_residual)
 
 
-def network_from_config(cfg):
+def network_from_config(cfg: EasyDict) -> nn.Cell:
     return create_network(cfg.net_name, cfg.class_num, cfg.base_width, cfg.zero_init_residual)

@@ -1,16 +1,30 @@
 """Resuming a run: which checkpoint to continue from, and putting the training cell, the schedule position and
 the data order back where the run stopped."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import mindspore.dataset as ds
 
 from src import checkpoint
 from src.errors import UserError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import numpy as np
+    from easydict import EasyDict
+    from mindspore import nn
+
+    from src.logger import Logger
+
 
 # rebuilt from the config on resume (their length follows epoch_size, so a run can be extended); the position
 # in them is the optimizer's global step, restored with the rest
 SCHEDULE_PARAMS = ("learning_rate", "thor.damping")
 
 
-def find_resume(cfg, out, log):
+def find_resume(cfg: EasyDict, out: str, log: Logger) -> tuple[str | None, dict | None]:
     """``(path, params)`` of the checkpoint to resume from, ``(None, None)`` for a fresh start. ``auto``
     picks the newest readable checkpoint in ``out`` (or none); a file path is read here."""
     if not cfg.resume_ckpt:
@@ -22,7 +36,7 @@ def find_resume(cfg, out, log):
     return path, params
 
 
-def schedule_position(lr, optimizer):
+def schedule_position(lr: np.ndarray, optimizer: nn.Optimizer) -> Callable[[int], dict]:
     """``state_at(step)``: the schedule position saved with a checkpoint, the lr (and THOR damping) of the next
     step."""
     damping = optimizer.damping.asnumpy() if hasattr(optimizer, "damping") else None
@@ -42,7 +56,8 @@ def _warn_changed_schedule(info, now, path, log):
                         f"{path}: the schedule changed since the checkpoint")
 
 
-def restore(cfg, train_cell, params, path, steps_per_epoch, state_at, train_ds, log):
+def restore(cfg: EasyDict, train_cell: nn.Cell, params: dict, path: str, steps_per_epoch: int,
+            state_at: Callable[[int], dict], train_ds: ds.Dataset, log: Logger) -> int:
     """Load ``params`` into ``train_cell``, check they fit this run, continue the data order; returns the epoch
     to start from."""
     info = checkpoint.meta(params)

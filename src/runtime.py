@@ -1,6 +1,9 @@
 """Device, execution mode, seeds and (for data parallel) communication setup."""
+from __future__ import annotations
+
 import os
 import random
+from typing import TYPE_CHECKING
 
 import mindspore as ms
 import mindspore.dataset as ds
@@ -9,10 +12,14 @@ import numpy as np
 from src import host
 from src.errors import UserError
 
+if TYPE_CHECKING:
+    from easydict import EasyDict
+
+
 _NOTES = []
 
 
-def setup(cfg):
+def setup(cfg: EasyDict) -> tuple[int, int]:
     """Configure MindSpore for ``cfg`` and return ``(rank, group_size)``.
 
     With ``run_distribute`` the process must have been started by a launcher (msrun, or a rank table on
@@ -49,12 +56,12 @@ def setup(cfg):
     return rank, group
 
 
-def notes():
+def notes() -> list[str]:
     """Lines about the host that :func:`setup` decided (the oneDNN cap), for the caller's log."""
     return list(_NOTES)
 
 
-def seed_everything(seed):
+def seed_everything(seed: int) -> None:
     ms.set_seed(seed)
     ds.config.set_seed(seed)
     np.random.seed(seed)

@@ -3,12 +3,20 @@
 Step ``i`` runs from 0 to ``total_steps - 1``. Resuming at global step ``k`` uses ``schedule[k:]``;
 the optimizer indexes the full array with its own step counter, which a checkpoint restores.
 """
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from easydict import EasyDict
 
-def warmup_lr(lr_init, lr_max, lr_end, warmup_epochs, total_epochs, steps_per_epoch, mode="linear"):
+
+
+def warmup_lr(lr_init: float, lr_max: float, lr_end: float, warmup_epochs: float, total_epochs: int,
+              steps_per_epoch: int, mode: str = "linear") -> np.ndarray:
     """Linear warm-up from ``lr_init`` to ``lr_max`` over ``warmup_epochs``, then a decay to ``lr_end``.
 
     With W = warmup steps and T = total steps, for step i:
@@ -44,7 +52,8 @@ def warmup_lr(lr_init, lr_max, lr_end, warmup_epochs, total_epochs, steps_per_ep
     return lrs.astype(np.float32)
 
 
-def thor_lr(lr_init, lr_decay, lr_end_epoch, decay_epochs, total_epochs, steps_per_epoch):
+def thor_lr(lr_init: float, lr_decay: float, lr_end_epoch: float, decay_epochs: float, total_epochs: int,
+            steps_per_epoch: int) -> np.ndarray:
     """The model zoo's THOR learning rate, per step i with e = (i + 1) / steps_per_epoch:
 
       lr_i = lr_init * (1 - e / lr_end_epoch) ** lr_decay,
@@ -63,7 +72,8 @@ def thor_lr(lr_init, lr_decay, lr_end_epoch, decay_epochs, total_epochs, steps_p
     return lrs.astype(np.float32)
 
 
-def thor_damping(damping_init, damping_decay, total_epochs, steps_per_epoch, horizon_epochs=None, floor=0.0):
+def thor_damping(damping_init: float, damping_decay: float, total_epochs: int, steps_per_epoch: float,
+                 horizon_epochs: float | None = None, floor: float = 0.0) -> np.ndarray:
     """THOR damping per step i with e = (i + 1) / steps_per_epoch:
 
       damping_i = max(damping_init * damping_decay ** (min(e, horizon_epochs) / 10), floor)
@@ -78,7 +88,7 @@ def thor_damping(damping_init, damping_decay, total_epochs, steps_per_epoch, hor
     return np.maximum(damping_init * damping_decay ** (e / 10.0), floor).astype(np.float32)
 
 
-def lr_batch_scaling(lr_batch_size, global_batch, scaling):
+def lr_batch_scaling(lr_batch_size: int, global_batch: int, scaling: str) -> tuple[float, str | None]:
     """``(factor, note)`` for a run whose global batch may differ from the one its recipe's lr was tuned for.
 
     With ``scaling`` "linear" and a recorded ``lr_batch_size``, every lr value is multiplied by
@@ -95,7 +105,7 @@ def lr_batch_scaling(lr_batch_size, global_batch, scaling):
                  f"or set lr_max / lr_init for this batch)")
 
 
-def lr_from_config(cfg, steps_per_epoch, factor=1.0):
+def lr_from_config(cfg: EasyDict, steps_per_epoch: int, factor: float = 1.0) -> np.ndarray:
     """Per-step learning rates for ``cfg.epoch_size`` epochs of ``steps_per_epoch`` steps, times ``factor``
     (``lr_batch_scaling``; every schedule is linear in its lr values)."""
     if cfg.lr_decay_mode == "thor":
@@ -106,7 +116,8 @@ def lr_from_config(cfg, steps_per_epoch, factor=1.0):
     return (lr * np.float32(factor)).astype(np.float32) if factor != 1.0 else lr
 
 
-def thor_update_steps(total_steps, steps_per_epoch, frequency, growth=1.0, growth_epochs=0, max_interval=0):
+def thor_update_steps(total_steps: int, steps_per_epoch: int, frequency: int, growth: float = 1.0,
+                      growth_epochs: int = 0, max_interval: int = 0) -> np.ndarray:
     """Boolean per step: True where THOR recomputes its statistics and inverses.
 
     Step 0 is always an update. After an update at step i (in epoch e = i // steps_per_epoch), the next one

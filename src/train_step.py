@@ -14,6 +14,8 @@ CPU, so the step is ours:
 
 Outputs ``(loss, overflow, S)``.
 """
+from __future__ import annotations
+
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
@@ -39,7 +41,7 @@ def _grad_sum_tensor(grad):
     return sum_rows(ops.cast(grad, ms.float32)).sum()
 
 
-def sum_rows(x):
+def sum_rows(x: Tensor) -> Tensor:
     """Sum over the first axis of ``x`` (N, ...), flattened to (1, rest), as ``ones(1, N) @ x``: a matrix-vector
     product at memory speed (the CPU ReduceSum kernel is several times slower)."""
     n = x.shape[0]

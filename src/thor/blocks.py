@@ -21,10 +21,12 @@ long as the graph lives (on a 9 MiB 512 x 4608 gradient a transpose adds 32 MiB,
 51 MiB, the grouped convolution 14 MiB, which is somewhat slower on that layer); ``ops.pad`` is far slower than
 a concatenation; a cut is skipped when nothing is cut (python -m benchmarks.thor_ops measures each).
 """
+from __future__ import annotations
+
 import math
 
 import mindspore as ms
-from mindspore import ops
+from mindspore import Tensor, ops
 
 from src.train_step import sum_rows
 
@@ -36,7 +38,7 @@ _SOLVE = ops.MatrixSolve()
 _UNIT_ROUNDOFF = 2.0 ** -24  # float32
 
 
-def block_layout(dim, split_dim):
+def block_layout(dim: int, split_dim: int) -> tuple[int, int]:
     """``(nb, b)`` for a factor of width ``dim``: one full block when ``split_dim`` <= 0 or dim <= split_dim."""
     if split_dim <= 0 or dim <= split_dim:
         return 1, dim
@@ -59,14 +61,14 @@ def _cut_to(x, rows, cols):
     return ops.slice(x, (0, 0), (rows, cols))
 
 
-def to_block_columns(x, nb, b):
+def to_block_columns(x: Tensor, nb: int, b: int) -> Tensor:
     """(M, D) -> (nb, M, b): the columns of ``x`` cut into ``nb`` groups of ``b`` (zero-padded)."""
     m = x.shape[0]
     x = _pad_to(x, 1, nb * b)
     return ops.transpose(ops.reshape(x, (m, nb, b)), (1, 0, 2))
 
 
-def block_gram(x, nb, b, scale):
+def block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
     """Diagonal blocks of ``scale * x^T x`` for x (M, D): (nb, b, b), computed blockwise (M * D * b flops)."""
     x = ops.cast(x, ms.float32)
     if nb == 1:  # b == D
@@ -75,7 +77,7 @@ def block_gram(x, nb, b, scale):
     return _BMM_TA(cols, cols) * scale
 
 
-def sample_block_gram(x, nb, b, scale):
+def sample_block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
     """Diagonal blocks of ``scale * sum_n x_n x_n^T`` for x (N, D, L) (D = features, L = positions): (nb, b, b).
 
     With L >= b / 4 (large feature maps): a free reshape to (N * nb, b, L), one batched matmul, a sum over
@@ -93,12 +95,12 @@ def sample_block_gram(x, nb, b, scale):
     return ops.reshape(sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
 
 
-def block_diagonal(blocks):
+def block_diagonal(blocks: Tensor) -> Tensor:
     """The diagonal of every block: (nb, b, b) -> (nb, b)."""
     return ops.diagonal(blocks, 0, -2, -1)
 
 
-def block_trace(blocks, dim, diag=None):
+def block_trace(blocks: Tensor, dim: int, diag: Tensor | None = None) -> Tensor:
     """Trace of the block-diagonal matrix restricted to its first ``dim`` rows (padding excluded);
     ``diag``: ``block_diagonal(blocks)`` when the caller has it already."""
     nb, b, _ = blocks.shape
@@ -106,7 +108,7 @@ def block_trace(blocks, dim, diag=None):
     return _cut_to(ops.reshape(diag, (1, nb * b)), 1, dim).sum()
 
 
-def damped_inverse(blocks, damping, diag=None):
+def damped_inverse(blocks: Tensor, damping: Tensor, diag: Tensor | None = None) -> Tensor:
     """``(B + d I)^-1`` for every block of ``blocks`` (nb, b, b), as the solution X of (B + d I) X = I (LU with
     partial pivoting: three times faster on CPU than ``ops.inverse`` and as exact; python -m benchmarks.thor_ops).
 
@@ -122,7 +124,7 @@ def damped_inverse(blocks, damping, diag=None):
     return _SOLVE(blocks + shift * eye, eye)
 
 
-def apply_right(grad, inv, nb, b):
+def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int) -> Tensor:
     """``grad @ blockdiag(inv)^T`` for grad (O, D) and inv (nb, b, b) -> (O, D) (inv symmetric up to rounding,
     see the module docstring): a grouped 1x1 convolution, group k = column block k."""
     o, d = grad.shape
@@ -133,7 +135,7 @@ def apply_right(grad, inv, nb, b):
     return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
 
 
-def apply_left(inv, grad, nb, b):
+def apply_left(inv: Tensor, grad: Tensor, nb: int, b: int) -> Tensor:
     """``blockdiag(inv) @ grad`` for inv (nb, b, b) and grad (O, D) -> (O, D): a reshape, no transpose."""
     o, d = grad.shape
     if nb == 1:

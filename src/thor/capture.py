@@ -24,7 +24,10 @@ gradient as (N, O, T), the layouts MindSpore already holds, so large activations
 Capture happens only in the graph compiled while ``thor_capture`` is True (the update-step graph); the
 other graph contains no statistics work at all.
 """
+from __future__ import annotations
+
 import fnmatch
+from typing import TYPE_CHECKING
 
 import mindspore as ms
 import numpy as np
@@ -32,6 +35,10 @@ from mindspore import Parameter, Tensor, nn, ops
 
 from src.errors import UserError
 from src.thor.blocks import block_gram, block_layout, sample_block_gram
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
 
 
 class _CaptureMixin:
@@ -126,7 +133,7 @@ def _conv_padding(cell, name):
     raise UserError(f"THOR: layer '{name}' uses pad_mode '{cell.pad_mode}'; use 'pad' or add it to thor_skip_layers")
 
 
-def attach(network, skip_patterns=(), split_dim=128):
+def attach(network: nn.Cell, skip_patterns: Sequence[str] = (), split_dim: int = 128) -> list[nn.Cell]:
     """Turn every Conv2d and Dense of ``network`` whose name matches none of ``skip_patterns`` (fnmatch,
     e.g. ``end_point`` or ``layer4.*``) into a capturing layer. Parameter names are unchanged.
     Returns the list of capturing cells in network order."""
@@ -153,6 +160,6 @@ def attach(network, skip_patterns=(), split_dim=128):
     return layers
 
 
-def set_capture(layers, flag):
+def set_capture(layers: Sequence[nn.Cell], flag: bool) -> None:
     for cell in layers:
         cell.thor_capture = bool(flag)
