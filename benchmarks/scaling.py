@@ -8,7 +8,6 @@ Both runs go through the real entry points (train.py, scripts/run_distribute_tra
 warm-up) are dropped and the median of the rest is reported. Scaling efficiency = img/s of N workers /
 img/s of 1 process. Prints a markdown table and writes JSON to ``--output``.
 """
-import argparse
 import json
 import os
 import platform
@@ -18,6 +17,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+
+from benchmarks.timing import benchmark_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,17 +38,11 @@ def _port():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--global_batch", type=int, default=32)
-    p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--base_width", type=int, default=16)
-    p.add_argument("--optimizer", default="Momentum")
-    p.add_argument("--steps", type=int, default=60, help="training steps per run")
-    p.add_argument("--log_interval", type=int, default=5)
-    p.add_argument("--skip", type=int, default=2, help="logged windows to drop (compile, warm-up)")
-    p.add_argument("--extra", default="", help="more train.py arguments")
-    p.add_argument("--output", default=os.path.join(ROOT, "bench_results", "scaling.json"))
+    p = benchmark_parser(__doc__, workers=2, global_batch=32, image_size=32, base_width=16, optimizer="Momentum",
+                         steps=60, log_interval=5, skip=2, extra="",
+                         output=os.path.join(ROOT, "bench_results", "scaling.json"),
+                         helps={"steps": "training steps per run", "skip": "logged windows to drop (compile, warm-up)",
+                                "extra": "more train.py arguments"})
     args = p.parse_args(argv)
     if args.global_batch % args.workers:
         raise SystemExit("error: --global_batch must be a multiple of --workers")

@@ -22,7 +22,7 @@ import json
 import subprocess
 import sys
 
-from benchmarks.timing import host_info, markdown_table, time_windows, write_json
+from benchmarks.timing import benchmark_parser, host_info, markdown_table, time_windows, write_json
 
 VARIANTS = {
     # name: (label smoothing, weight-decay groups, loss scale, check)
@@ -132,14 +132,14 @@ def child(args):
     host.apply_isa_cap("CPU", "auto", log=None)
     ms.set_device("CPU")
     ms.set_context(mode=ms.GRAPH_MODE)
-    cfg = parse_args(["--class_num", "1000", "--batch_size", str(args.batch), "--train_image_size",
+    cfg = parse_args(["--class_num", "1000", "--batch_size", str(args.batch_size), "--train_image_size",
                       str(args.image_size), "--epoch_size", "1", "--warmup_epochs", "0"])
     rng = np.random.default_rng(0)
     if args.child in VARIANTS:
         lr = np.full(1000, 0.01, np.float32)
         cell = build_step(args.child, cfg, lr)
-        x = ms.Tensor(rng.standard_normal((args.batch, 3, args.image_size, args.image_size)).astype(np.float32))
-        y = ms.Tensor(rng.integers(0, 1000, args.batch).astype(np.int32))
+        x = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
+        y = ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32))
         sec, times = time_windows(lambda: cell(x, y)[0].asnumpy(), warmup=args.warmup, runs=args.runs,
                                   window=args.window)
     else:
@@ -151,13 +151,8 @@ def child(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--window", type=int, default=2)
-    parser.add_argument("--output", default="bench_results/step_overhead.json")
+    parser = benchmark_parser(__doc__, image_size=32, batch_size=32, warmup=2, runs=7, window=2,
+                              output="bench_results/step_overhead.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -165,18 +160,18 @@ def main(argv=None):
     results = {}
     for name in list(VARIANTS) + list(REDUCTIONS):
         cmd = [sys.executable, "-m", "benchmarks.step_overhead", "--child", name, "--image_size",
-               str(args.image_size), "--batch", str(args.batch), "--warmup", str(args.warmup), "--runs",
+               str(args.image_size), "--batch_size", str(args.batch_size), "--warmup", str(args.warmup), "--runs",
                str(args.runs), "--window", str(args.window)]
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True).stdout
         results[name] = json.loads(out.strip().splitlines()[-1])
         print(f"{name}: {results[name]['ms']:.1f} ms", flush=True)
     bare = results["bare"]["ms"]
-    rows = [[name, f"{results[name]['ms']:.1f}", f"{args.batch * 1000 / results[name]['ms']:.1f}",
+    rows = [[name, f"{results[name]['ms']:.1f}", f"{args.batch_size * 1000 / results[name]['ms']:.1f}",
              f"{results[name]['ms'] - bare:+.1f}"] for name in VARIANTS]
     print(markdown_table(["training step", "ms/step", "img/s", "vs bare (ms)"], rows))
     print(markdown_table(["overflow reduction over ResNet-50's 161 gradients", "ms"],
                          [[name, f"{results[name]['ms']:.1f}"] for name in REDUCTIONS]))
-    write_json(args.output, {"host": host_info(), "image_size": args.image_size, "batch": args.batch,
+    write_json(args.output, {"host": host_info(), "image_size": args.image_size, "batch": args.batch_size,
                              "results": results})
     print(f"written: {args.output}")
     return results

@@ -29,7 +29,15 @@ import statistics
 import sys
 import time
 
-from benchmarks.timing import child_result, host_info, markdown_table, print_result, time_windows, write_json
+from benchmarks.timing import (
+    benchmark_parser,
+    child_result,
+    host_info,
+    markdown_table,
+    print_result,
+    time_windows,
+    write_json,
+)
 
 
 def _peak_rss_mib():
@@ -118,16 +126,10 @@ def measure(arm, args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--image_size", type=int, default=32)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--frequency", type=int, default=834)
-    parser.add_argument("--split_dim", type=int, default=128)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--window", type=int, default=3, help="steps per timed window")
-    parser.add_argument("--device_target", default="CPU")
-    parser.add_argument("--output", default=None, help="JSON path (default bench_results/thor_step_<size>.json)")
+    parser = benchmark_parser(__doc__, image_size=32, batch_size=32, frequency=834, split_dim=128, warmup=2, runs=5,
+                              window=3, device_target="CPU", output=None,
+                              helps={"window": "steps per timed window",
+                                     "output": "JSON path (default bench_results/thor_step_<size>.json)"})
     parser.add_argument("--arm", choices=("momentum", "thor"), help=argparse.SUPPRESS)  # child process
     args = parser.parse_args(argv)
     if args.arm:

@@ -1,4 +1,5 @@
 """Timing helpers shared by the benchmarks: warm-up, timed windows, median, and the JSON/markdown output."""
+import argparse
 import json
 import os
 import platform
@@ -79,3 +80,13 @@ def child_result(module, args, what):
 def print_result(payload):
     """The child side of ``child_result``."""
     print("RESULT " + json.dumps(payload), flush=True)
+
+
+def benchmark_parser(doc, helps=None, **defaults):
+    """An argparse parser for a benchmark: its docstring as description and one ``--name`` option per keyword,
+    typed by its default (``None`` defaults take strings); ``helps`` maps option names to help texts."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in defaults.items():
+        kind = str if default is None else type(default)
+        parser.add_argument(f"--{name}", type=kind, default=default, help=(helps or {}).get(name))
+    return parser
