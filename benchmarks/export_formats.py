@@ -9,14 +9,14 @@ Each format is exported by ``export.py --verify true`` in its own process (as us
 wall time and peak RSS are measured. Prints a markdown table and writes JSON to ``--output``.
 """
 import argparse
-import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import tempfile
 import time
+
+from benchmarks.timing import host_info, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,10 +93,8 @@ def main():
     result = {"checkpoint": args.checkpoint_path or ("fresh ResNet-50" + (", random BN" if args.random_bn.lower()
                                                                           == "true" else "")),
               "input": [args.batch_size, 3, args.image_size, args.image_size], "rows": rows,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+              "host": host_info()}
+    write_json(args.output, result)
     print(f"wrote {args.output}")
 
 

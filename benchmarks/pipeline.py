@@ -19,17 +19,16 @@ of the input pipeline. Prints a markdown table and writes JSON to ``--output``.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from benchmarks.timing import host_info, time_windows, write_json
 from src import host
 from src.config import parse_args
 from src.dataset import create_folder_dataset
@@ -58,15 +57,10 @@ def make_jpegs(n, classes=10, seed=0):
 
 
 def windows(step, warmup, runs, window, images_per_step):
-    """img/s of ``runs`` timed windows of ``window`` calls of ``step`` after ``warmup`` calls."""
-    for _ in range(warmup):
-        step()
-    rates = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(window):
-            step()
-        rates.append(window * images_per_step / (time.perf_counter() - start))
+    """img/s of ``runs`` timed windows of ``window`` calls of ``step`` after ``warmup`` calls (the median, and
+    each window's)."""
+    _, seconds = time_windows(step, warmup=warmup, runs=runs, window=window)
+    rates = [images_per_step / t for t in seconds]
     return statistics.median(rates), rates
 
 
@@ -167,12 +161,8 @@ def main(argv=None):
     args.image_size = size
     print(f"data pipeline ({args.data_image_size}px): {rows['data'][0]:.1f} img/s", flush=True)
     if args.data_only:
-        result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "mindspore": ms.__version__},
-                  "args": vars(args), "img_per_s": {"data": rows["data"][0]},
-                  "windows": {"data": [round(r, 2) for r in rows["data"][1]]}}
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        with open(args.output, "w") as f:
-            json.dump(result, f, indent=1)
+        write_json(args.output, {"host": host_info(), "args": vars(args), "img_per_s": {"data": rows["data"][0]},
+                                 "windows": {"data": [round(r, 2) for r in rows["data"][1]]}})
         print(f"written {args.output}")
         return
     rows["raw"] = bench_raw(args)
@@ -183,16 +173,13 @@ def main(argv=None):
         rows[opt] = bench_train_py(args, opt)
         print(f"train.py {opt}: {rows[opt][0]:.1f} img/s, peak RSS {rows[opt][2]:.0f} MiB", flush=True)
 
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "mindspore": ms.__version__},
-              "args": vars(args),
+    result = {"host": host_info(), "args": vars(args),
               "img_per_s": {k: v[0] for k, v in rows.items()},
               "windows": {k: [round(r, 2) for r in v[1]] for k, v in rows.items()},
               "peak_rss_mib": {k: rows[k][2] for k in ("Momentum", "Thor")},
               "train_py_over_raw": rows["Momentum"][0] / rows["raw"][0],
               "data_over_train_py": rows["data"][0] / rows["Momentum"][0]}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(args.output, result)
     net = f"{args.net_name} width {args.base_width}, {args.image_size}px, batch {args.batch_size}"
     print(f"\n| measurement ({net}) | img/s | note |")
     print("|---|---|---|")

@@ -10,7 +10,6 @@ img/s of 1 process. Prints a markdown table and writes JSON to ``--output``.
 """
 import json
 import os
-import platform
 import shlex
 import socket
 import statistics
@@ -18,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.timing import benchmark_parser
+from benchmarks.timing import benchmark_parser, host_info, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,11 +69,8 @@ def main(argv=None):
                        check=True, env=env_m, capture_output=True)
         results["multi_img_s"], n2 = _median_ips(os.path.join(multi, "metrics.jsonl"), args.skip)
     results["efficiency"] = results["multi_img_s"] / results["single_img_s"]
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()}, "args": vars(args),
-              "windows": [n1, n2], **results}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(report, f, indent=1)
+    report = {"host": host_info(), "args": vars(args), "windows": [n1, n2], **results}
+    write_json(args.output, report)
     print(f"| setup | global batch | img/s (median of logged windows) |\n|---|---|---|\n"
           f"| 1 process | {args.global_batch} | {results['single_img_s']:.1f} |\n"
           f"| {args.workers} msrun workers x {args.global_batch // args.workers} | {args.global_batch} | "
