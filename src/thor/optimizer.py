@@ -17,11 +17,12 @@ Per preconditioned layer l (Conv2d/Dense weight W_l; see capture.py for A and G)
   ``kfac`` is the textbook form (Grosse & Martens 2016, kfac-pytorch) with one damping for both factors.
 
   lambda is the damping of the step (damping_i = max(damping_init * damping_decay^(e/10), damping_min),
-  schedules.py). The factors are symmetrised ((A + A^T) / 2) before inversion; each damped block is
-  inverted by an LU solve, with its damping floored at b * 2^-24 times its largest diagonal entry, where
-  float32 could no longer add it (blocks.damped_inverse). When a new factor or
-  inverse holds a non-finite value, the layer keeps its last good factors and inverse, and
-  ``thor_nonfinite`` counts the event (the trainer logs a warning).
+  schedules.py). Each damped block is inverted by an LU solve, with its damping floored at b * 2^-24 times
+  its largest diagonal entry, where float32 could no longer add it (blocks.damped_inverse). The factors are
+  used as computed: symmetric up to the summation order of the Gram products, which the LU inverse does not
+  need (symmetrising cost a transpose per factor). When a new factor or inverse holds a non-finite value, the
+  layer keeps its last good factors and inverse, and ``thor_nonfinite`` counts the event (the trainer logs a
+  warning).
 
   Trace mode (THOR paper, Chen et al. AAAI 2021), per layer with d = d_in * d_out:
     tr_k   = tr(A_l) * tr(G_l) + lambda * d        = tr(F_k + lambda I)  (tr of a Kronecker product)
@@ -163,9 +164,6 @@ class Thor(nn.Momentum):
             else:
                 a = a_new
                 g = g_new
-            # Exactly symmetric factors (summation order can leave A != A^T in the last bits).
-            a = (a + ops.transpose(a, (0, 2, 1))) * 0.5
-            g = (g + ops.transpose(g, (0, 2, 1))) * 0.5
             factors_ok = ops.logical_and(_all_finite(a), _all_finite(g))
             # the solver must see finite blocks; a layer with a non-finite factor keeps its last inverse anyway
             a_in = ops.nan_to_num(a, 0.0, 0.0, 0.0)
