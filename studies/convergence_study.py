@@ -7,10 +7,14 @@ Momentum's final accuracy.
 ``DATA`` holds ``train/`` and ``val/`` in the ImageNet folder layout. Each recipe runs through train.py (same
 seed; evaluation after every epoch), in its own folder under ``--output_dir``. The first recipe is the
 baseline: its final top-1 is the target. For every run the report gives the first epoch whose top-1 reaches
-the target and the wall-clock from the start of the process to the end of that epoch's evaluation (compile
+the target and the wall-clock from train.py's ``start`` record to the end of that epoch's evaluation (compile
 time included: it is part of what a user waits for), and the ratios to the baseline. Writes ``study.json``,
 ``study.md`` and, when matplotlib is installed, ``study.png`` into ``--output_dir``. Any further arguments
 (``--key value``) go to every train.py run.
+
+Rerunning the same command skips the runs that finished (their ``metrics.jsonl`` ends with ``done``) and reads
+their curves back, so a study can span sessions; a run that was interrupted is started again, its folder kept
+as ``<name>.interrupted-<time>``.
 """
 import argparse
 import json
@@ -33,9 +37,22 @@ def train_command(recipe, data, out, extra=()):
             "--run_eval", "true", "--eval_interval", "1", "--save_checkpoint", "false", "--output_dir", out, *extra]
 
 
-def curve(metrics_path, start):
-    """[(epoch, top1, seconds since start)] from a run's metrics.jsonl."""
-    events = [json.loads(l) for l in open(metrics_path, encoding="utf-8")]
+def read_events(metrics_path):
+    with open(metrics_path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def finished(metrics_path):
+    """True when the run behind ``metrics_path`` completed (train.py's last record is ``done``)."""
+    return os.path.isfile(metrics_path) and any(e["event"] == "done" for e in read_events(metrics_path))
+
+
+def curve(metrics_path, start=None):
+    """[(epoch, top1, seconds since ``start``)] from a run's metrics.jsonl; ``start`` defaults to the run's
+    ``start`` record (written before compiling)."""
+    events = read_events(metrics_path)
+    if start is None:
+        start = min(e["time"] for e in events if e["event"] == "start")
     return [(e["epoch"], e["top1"], e["time"] - start) for e in events if e["event"] == "eval"]
 
 
@@ -103,17 +120,23 @@ def main(argv=None):
     for recipe in args.recipes.split(","):
         name = os.path.splitext(os.path.basename(recipe))[0]
         out = os.path.join(args.output_dir, name)
-        if os.path.exists(os.path.join(out, "metrics.jsonl")):
-            raise SystemExit(f"error: {out} holds an earlier run; choose another --output_dir")
-        cmd = train_command(recipe, args.data, out, extra)
-        print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
-        start = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT)
-        if proc.returncode != 0:
-            raise SystemExit(f"error: {name} failed (exit {proc.returncode}); see {out}/train.log")
-        runs.append({"name": name, "recipe": recipe, "seconds": time.time() - start,
-                     "metrics": os.path.join(out, "metrics.jsonl"),
-                     "curve": curve(os.path.join(out, "metrics.jsonl"), start)})
+        metrics = os.path.join(out, "metrics.jsonl")
+        if finished(metrics):
+            print(f"== {name}: finished earlier, read from {metrics}", flush=True)
+        else:
+            if os.path.exists(out):
+                kept = f"{out}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"
+                os.replace(out, kept)
+                print(f"== {name}: an unfinished run was here; kept as {kept}, starting again", flush=True)
+            cmd = train_command(recipe, args.data, out, extra)
+            print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
+            proc = subprocess.run(cmd, cwd=ROOT)
+            if proc.returncode != 0:
+                raise SystemExit(f"error: {name} failed (exit {proc.returncode}); see {out}/train.log")
+        events = read_events(metrics)
+        start = min(e["time"] for e in events if e["event"] == "start")
+        runs.append({"name": name, "recipe": recipe, "seconds": max(e["time"] for e in events) - start,
+                     "metrics": metrics, "curve": curve(metrics)})
     summarise(runs)
     table = markdown(runs)
     print(table)

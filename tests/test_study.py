@@ -42,3 +42,18 @@ def test_study_runs_the_recipes_end_to_end(tmp_path):
     assert "Target: the baseline's (cifar10_momentum) final top-1" in open(out / "study.md").read()
     pytest.importorskip("matplotlib")
     assert os.path.getsize(out / "study.png") > 1000
+
+    # Rerun after an interruption of the first run: the finished THOR run is read back, not trained again;
+    # the unfinished one starts again and its folder is kept aside.
+    metrics = out / "cifar10_momentum" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(line for line in lines if '"event": "done"' not in line) + "\n")
+    again = run_script("-m", "studies.convergence_study", data,
+                       "--recipes", "config/cifar10_momentum.yaml,config/cifar10_thor.yaml", "--output_dir", out,
+                       *tiny, "--epoch_size", "2", "--frequency", "3")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "== cifar10_thor: finished earlier" in again.stdout and "cifar10_momentum: an unfinished run" in again.stdout
+    assert len([p for p in os.listdir(out) if p.startswith("cifar10_momentum.interrupted-")]) == 1
+    rerun = json.load(open(out / "study.json"))["runs"]
+    assert rerun[1]["curve"] == report["runs"][1]["curve"]  # the THOR curve, as read back
+    assert [p[0] for p in rerun[0]["curve"]] == [1, 2]
