@@ -156,8 +156,9 @@ def main(argv=None):
     log(f"{cfg.net_name} ({n_params:,} parameters), {cfg.optimizer}, {cfg.device_target}, "
         f"{'synthetic data' if not cfg.data_path else cfg.data_path}: {steps_per_epoch} steps/epoch x "
         f"{cfg.epoch_size} epochs, batch {cfg.batch_size} x {group} device(s); output in {out}")
-    if train_cell.describe():
-        log(train_cell.describe())
+    described = train_cell.describe()
+    if described:
+        log(described)
     metrics = MetricsFile(os.path.join(out, "metrics.jsonl"), enabled=rank == 0)
     metrics.write(event="start", epoch=initial_epoch, steps_per_epoch=steps_per_epoch)  # wall-clock counts compiling
     callbacks, monitor, evaluator = build_callbacks(cfg, (rank, group, out, log, metrics), train_cell, network,

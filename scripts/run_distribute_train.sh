@@ -13,12 +13,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python}"
 source "$ROOT/scripts/args.sh"
-split_args 4 "$@"
-set -- "${REST[@]}"
-if [ ${#POS[@]} -lt 2 ] || { [ $# -gt 0 ] && [[ "$1" != -* ]]; }; then
+if ! split_args 4 "$@" || [ ${#POS[@]} -lt 2 ]; then
   echo "usage: bash scripts/run_distribute_train.sh RANK_TABLE_FILE DATA_PATH [CONFIG_PATH] [RESUME_CKPT] [--] [train.py args]" >&2
   exit 2
 fi
+set -- "${REST[@]}"
 RANK_TABLE_FILE="$(realpath -m "${POS[0]}")"
 DATA_PATH="$(realpath -m "${POS[1]}")"
 CONFIG_PATH="$(realpath -m "${POS[2]:-$ROOT/default_config.yaml}")"

@@ -8,8 +8,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/args.sh"
-split_args 2 "$@"
-if [ ${#POS[@]} -lt 1 ] || { [ ${#REST[@]} -gt 0 ] && [[ "${REST[0]}" != -* ]]; }; then
+if ! split_args 2 "$@" || [ ${#POS[@]} -lt 1 ]; then
   echo "usage: bash scripts/run_distribute_train_gpu.sh DATASET_PATH [CONFIG_PATH] [--] [train.py flags]" >&2
   exit 2
 fi

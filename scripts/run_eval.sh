@@ -12,8 +12,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/args.sh"
 USAGE="usage: bash scripts/run_eval.sh [DATASET_PATH CHECKPOINT_PATH [CONFIG_PATH]] [--] [eval.py flags]"
-split_args 3 "$@"
-if [ ${#POS[@]} -eq 1 ] || { [ ${#REST[@]} -gt 0 ] && [[ "${REST[0]}" != -* ]]; } || [[ " ${REST[*]:-} " == *" -h "* ]]; then
+if ! split_args 3 "$@" || [ ${#POS[@]} -eq 1 ] || [[ " ${REST[*]:-} " == *" -h "* ]]; then
   echo "$USAGE" >&2
   exit 2
 fi

@@ -11,8 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/args.sh"
 USAGE="usage: bash scripts/run_standalone_train.sh [DATASET_PATH] [CONFIG_PATH] [RESUME_CKPT] [--] [train.py flags]"
-split_args 3 "$@"
-if [ ${#REST[@]} -gt 0 ] && [[ "${REST[0]}" != -* ]] || [[ " ${REST[*]:-} " == *" -h "* ]]; then
+if ! split_args 3 "$@" || [[ " ${REST[*]:-} " == *" -h "* ]]; then
   echo "$USAGE" >&2
   exit 2
 fi

@@ -243,9 +243,9 @@ def dataset_from_config(cfg: EasyDict, train: bool, rank: int = 0, group_size: i
             _SAID.add(note)
             warn(note)
     if path is not None and cfg.dataset == "cifar10":
-        data, classes = create_cifar10_dataset(path, train, size, batch, workers, rank, group_size)
         if cfg.class_num != 10:
             raise UserError(f"{path}: CIFAR-10 has 10 classes, but class_num is {cfg.class_num}")
+        data, classes = create_cifar10_dataset(path, train, size, batch, workers, rank, group_size)
     elif path is not None:
         data, classes = create_folder_dataset(path, train, size, batch, workers, rank,
                                               group_size, cfg.eval_crop_ratio, bad_images=cfg.bad_images,

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from mindspore import nn
 
 
-
 class Option:
     """A script-only command-line option (not a config key): ``--name value``, typed like config keys."""
 

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 
-
 class UserError(Exception):
     """An error caused by the user's input (config, paths, data, checkpoints).
 

@@ -12,7 +12,6 @@ if TYPE_CHECKING:
     import mindspore.dataset as ds
 
 
-
 class LogitsCell(nn.Cell):
     """Inference wrapper: the network's logits in float32."""
 

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-
 def find_images(paths: Sequence[str]) -> list[str]:
     """Files to classify: each path that is a file, and every image file under each folder (recursively,
     sorted). A missing path is a UserError."""

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from easydict import EasyDict
 
 
-
 class ZooSmoothCrossEntropy(nn.Cell):
     """Mean cross entropy against the model zoo's smoothed targets (its CrossEntropySmooth): the true class
     gets 1 - eps, every other class eps / (C - 1). (``nn.CrossEntropyLoss(label_smoothing=eps)`` gives the

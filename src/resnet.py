@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from easydict import EasyDict
 
 
-
 def _conv(in_ch, out_ch, kernel, stride=1):
     return nn.Conv2d(in_ch, out_ch, kernel_size=kernel, stride=stride, pad_mode="pad",
                      padding=kernel // 2, has_bias=False,

@@ -14,7 +14,6 @@ if TYPE_CHECKING:
     from easydict import EasyDict
 
 
-
 def warmup_lr(lr_init: float, lr_max: float, lr_end: float, warmup_epochs: float, total_epochs: int,
               steps_per_epoch: int, mode: str = "linear") -> np.ndarray:
     """Linear warm-up from ``lr_init`` to ``lr_max`` over ``warmup_epochs``, then a decay to ``lr_end``.

@@ -23,8 +23,8 @@ import subprocess
 import sys
 import time
 
-from src.errors import UserError
-from tools.plot_metrics import draw, read_run
+from src.errors import UserError, cli_main
+from tools.plot_metrics import draw, read_events, read_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_RECIPES = "config/cifar10_momentum.yaml,config/cifar10_thor.yaml,config/cifar10_thor_trace.yaml"
@@ -37,23 +37,20 @@ def train_command(recipe, data, out, extra=()):
             "--run_eval", "true", "--eval_interval", "1", "--save_checkpoint", "false", "--output_dir", out, *extra]
 
 
-def read_events(metrics_path):
-    with open(metrics_path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+def run_start(events):
+    """Time of the run's ``start`` record (train.py writes it before compiling)."""
+    return min(e["time"] for e in events if e["event"] == "start")
 
 
-def finished(metrics_path):
-    """True when the run behind ``metrics_path`` completed (train.py's last record is ``done``)."""
-    return os.path.isfile(metrics_path) and any(e["event"] == "done" for e in read_events(metrics_path))
+def points(events, start):
+    """[(epoch, top1, seconds since ``start``)] of a run's evaluations."""
+    return [(e["epoch"], e["top1"], e["time"] - start) for e in events if e["event"] == "eval"]
 
 
 def curve(metrics_path, start=None):
-    """[(epoch, top1, seconds since ``start``)] from a run's metrics.jsonl; ``start`` defaults to the run's
-    ``start`` record (written before compiling)."""
+    """``points`` of the run behind ``metrics_path``, since ``start`` (default: its ``start`` record)."""
     events = read_events(metrics_path)
-    if start is None:
-        start = min(e["time"] for e in events if e["event"] == "start")
-    return [(e["epoch"], e["top1"], e["time"] - start) for e in events if e["event"] == "eval"]
+    return points(events, run_start(events) if start is None else start)
 
 
 def reach(points, target):
@@ -106,6 +103,7 @@ def plot(runs, path):
         return None
 
 
+@cli_main
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="folder with train/ and val/ in ImageNet layout")
@@ -121,7 +119,11 @@ def main(argv=None):
         name = os.path.splitext(os.path.basename(recipe))[0]
         out = os.path.join(args.output_dir, name)
         metrics = os.path.join(out, "metrics.jsonl")
-        if finished(metrics):
+        try:
+            events = read_events(metrics) if os.path.isfile(metrics) else []
+        except UserError:  # a record torn by the interruption: the run did not finish
+            events = []
+        if any(e["event"] == "done" for e in events):
             print(f"== {name}: finished earlier, read from {metrics}", flush=True)
         else:
             if os.path.exists(out):
@@ -133,10 +135,10 @@ def main(argv=None):
             proc = subprocess.run(cmd, cwd=ROOT)
             if proc.returncode != 0:
                 raise SystemExit(f"error: {name} failed (exit {proc.returncode}); see {out}/train.log")
-        events = read_events(metrics)
-        start = min(e["time"] for e in events if e["event"] == "start")
+            events = read_events(metrics)
+        start = run_start(events)
         runs.append({"name": name, "recipe": recipe, "seconds": max(e["time"] for e in events) - start,
-                     "metrics": metrics, "curve": curve(metrics)})
+                     "metrics": metrics, "curve": points(events, start)})
     summarise(runs)
     table = markdown(runs)
     print(table)

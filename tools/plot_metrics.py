@@ -21,8 +21,9 @@ TITLES = {"loss": ("global step", "training loss"), "lr": ("global step", "learn
           "top1_time": ("wall-clock (min)", "top-1"), "img_per_s": ("global step", "img/s")}
 
 
-def read_run(path: str) -> dict:
-    """The series of one run (``path``: its output_dir or its metrics.jsonl): lists of (x, y) per panel."""
+def read_events(path: str) -> list[dict]:
+    """The records of a run's metrics.jsonl (``path``: the run's output_dir or the file); a UserError naming the
+    file when it is missing, empty or holds a line that is not JSON."""
     if os.path.isdir(path):
         path = os.path.join(path, "metrics.jsonl")
     if not os.path.isfile(path):
@@ -38,6 +39,12 @@ def read_run(path: str) -> dict:
                 raise UserError(f"{path}: line {number} is not JSON") from None
     if not events:
         raise UserError(f"{path}: empty")
+    return events
+
+
+def read_run(path: str) -> dict:
+    """The series of one run (``path``: its output_dir or its metrics.jsonl): lists of (x, y) per panel."""
+    events = read_events(path)
     start = min(e["time"] for e in events if "time" in e)
     series = {name: [] for name in PANELS}
     for e in events:

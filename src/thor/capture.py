@@ -40,7 +40,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-
 class _CaptureMixin:
     """Attributes and hooks shared by the capturing Conv2d and Dense."""
 

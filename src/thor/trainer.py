@@ -25,6 +25,7 @@ class ThorTrainer(nn.Cell):
                                      share_scale_with=self.plain_step)
         optimizer.loss_scale_ref = self.plain_step.loss_scale
         self.optimizer = optimizer
+        self.damping_schedule = optimizer.damping.asnumpy()  # per step, fixed for the run (for log lines)
         self.update_flags = np.asarray(update_flags, bool)
         self.last_update = None  # (global_step, layers refreshed) of the latest update step
         self.nonfinite_seen = 0  # thor_nonfinite already reported (restored from a checkpoint on resume)
@@ -49,8 +50,8 @@ class ThorTrainer(nn.Cell):
 
     def log_fields(self):
         """The damping of the next step, and ``refreshed/layers@step`` of the latest update step."""
-        damping = self.optimizer.damping
-        info = {"damping": float(damping[min(self.global_step(), damping.shape[0] - 1)].asnumpy())}
+        schedule = self.damping_schedule
+        info = {"damping": float(schedule[min(self.global_step(), len(schedule) - 1)])}
         if self.last_update is not None:
             info["thor_refreshed"] = f"{self.last_update[1]}/{len(self.optimizer.thor_layers)}@{self.last_update[0]}"
         return info
