@@ -59,11 +59,9 @@ EXPECTED_NAMES = {  # torchvision name -> ours, spelled out by hand
 
 def test_resnet50_names_and_shapes_match_torchvision():
     """The mapping covers a full-width torchvision ResNet-50 exactly (shapes only: no file, no network run)."""
-    import mindspore as ms
 
     from src.convert import convert
     from src.resnet import create_network
-    ms.set_device("CPU")
     sd = torchvision_resnet((3, 4, 6, 3), True, 64, 1000)
     assert sum(v.size for k, v in sd.items() if "running" not in k and "num_batches" not in k) == 25_557_032
     params = convert(sd, create_network("resnet50", 1000))

@@ -39,7 +39,6 @@ def test_verify_catches_a_model_that_differs(trained, tmp_path):
     from export import check_export
     from src.errors import UserError
     from src.resnet import create_network
-    ms.set_device("CPU")
     ms.set_seed(1)
     a, b = create_network("resnet18", 3, 4), create_network("resnet18", 3, 4)  # two random inits
     a.set_train(False), b.set_train(False)

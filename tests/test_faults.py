@@ -191,12 +191,10 @@ def test_unwritable_output_dir(tmp_path):
 
 
 def test_free_space_is_checked_before_training(tmp_path, monkeypatch):
-    import mindspore as ms
 
     import train
     from src.errors import UserError
     from src.resnet import create_network
-    ms.set_device("CPU")
     net = create_network("resnet18", 3, 4)
     size = sum(p.size * 4 for p in net.get_parameters())
     usage = shutil.disk_usage(tmp_path)
