@@ -42,6 +42,7 @@ CHOICES = {
     "mode": ("GRAPH", "PYNATIVE"),
     "amp_level": ("O0", "O1", "O2", "O3"),
     "net_name": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "stem": ("imagenet", "cifar"),
     "optimizer": ("Momentum", "Thor"),
     "lr_decay_mode": ("linear", "cosine", "steps", "poly", "constant", "thor"),
     "lr_scaling": ("none", "linear"),

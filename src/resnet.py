@@ -7,6 +7,10 @@ is a global average pool and a Dense layer with bias. ``resnet50(1000)`` has 25,
 parameters, like torchvision's resnet50.
 
 ``base_width`` scales every stage (64 is the standard network); tests use tiny widths.
+
+``stem="cifar"`` replaces the ImageNet stem (7x7/2 convolution and 3x3/2 max-pool, which shrink the input 4x
+before layer1) by a 3x3 stride-1 convolution without pooling, the usual choice for 32x32 images: layer1 then
+sees 32x32 maps instead of 8x8. The bottleneck body (3-4-6-3, v1.5 strides) is the same.
 """
 from __future__ import annotations
 
@@ -118,13 +122,17 @@ class StemMaxPool(nn.Cell):
 class ResNet(nn.Cell):
     """ResNet backbone and classifier. Input NCHW float32, output logits (N, class_num)."""
 
-    def __init__(self, block, layer_nums, class_num=1000, base_width=64, zero_init_residual=False):
+    def __init__(self, block, layer_nums, class_num=1000, base_width=64, zero_init_residual=False,
+                 stem="imagenet"):
         super().__init__()
+        if stem not in STEMS:
+            raise UserError(f"unknown stem {stem!r}; expected one of {', '.join(STEMS)}")
         widths = [base_width, base_width * 2, base_width * 4, base_width * 8]
-        self.conv1 = _conv(3, base_width, 7, stride=2)
+        self.pool_stem = stem == "imagenet"
+        self.conv1 = _conv(3, base_width, 7, stride=2) if self.pool_stem else _conv(3, base_width, 3)
         self.bn1 = _bn(base_width)
         self.relu = nn.ReLU()
-        self.maxpool = StemMaxPool()
+        self.maxpool = StemMaxPool() if self.pool_stem else nn.Identity()
         in_channel = base_width
         stages = []
         for i, (width, num) in enumerate(zip(widths, layer_nums)):
@@ -143,11 +151,15 @@ class ResNet(nn.Cell):
                                   bias_init=Uniform(scale=bound))
 
     def construct(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.relu(self.bn1(self.conv1(x)))
+        if self.pool_stem:
+            x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = ops.mean(x, (2, 3), keep_dims=False)
         return self.end_point(x)
 
+
+STEMS = ("imagenet", "cifar")
 
 _ARCHS = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
@@ -158,14 +170,14 @@ _ARCHS = {
 
 
 def create_network(net_name: str = "resnet50", class_num: int = 1000, base_width: int = 64,
-                   zero_init_residual: bool = False) -> nn.Cell:
+                   zero_init_residual: bool = False, stem: str = "imagenet") -> nn.Cell:
     """Factory used by train.py, eval.py and export.py."""
     if net_name not in _ARCHS:
         raise UserError(f"unknown net_name {net_name!r}; expected one of {', '.join(_ARCHS)}")
     block, layers = _ARCHS[net_name]
     return ResNet(block, layers, class_num=class_num, base_width=base_width,
-                  zero_init_residual=zero_init_residual)
+                  zero_init_residual=zero_init_residual, stem=stem)
 
 
 def network_from_config(cfg: EasyDict) -> nn.Cell:
-    return create_network(cfg.net_name, cfg.class_num, cfg.base_width, cfg.zero_init_residual)
+    return create_network(cfg.net_name, cfg.class_num, cfg.base_width, cfg.zero_init_residual, cfg.stem)
