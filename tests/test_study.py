@@ -1,4 +1,5 @@
-"""The convergence-study script: the time-to-target arithmetic, and one tiny end-to-end run of it."""
+"""The convergence-study and recipe-search scripts: the arithmetic over seeds by hand, and one tiny end-to-end
+study through train.py, resumed."""
 import json
 import os
 
@@ -8,52 +9,81 @@ from conftest import TINY_ARGS, run_script, write_image_folder
 pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 
-def test_reach_and_ratios_by_hand():
+def _run(name, seed, curve):
+    return {"name": f"{name}_seed{seed}", "seed": seed, "curve": curve, "seconds": curve[-1][2]}
+
+
+def test_target_spread_and_ratios_by_hand():
     from studies.convergence_study import markdown, summarise
-    runs = [{"name": "momentum", "curve": [(1, 0.30, 100.0), (2, 0.50, 200.0), (3, 0.60, 300.0), (4, 0.62, 400.0)]},
-            {"name": "thor", "curve": [(1, 0.45, 150.0), (2, 0.63, 290.0)]},
-            {"name": "slow", "curve": [(1, 0.20, 90.0), (2, 0.61, 180.0)]}]
-    summarise(runs)
-    assert runs[0]["target_top1"] == 0.62
-    assert runs[0]["reached"] == {"epoch": 4, "seconds": 400.0, "epoch_ratio": 1.0, "time_ratio": 1.0}
-    assert runs[1]["reached"] == {"epoch": 2, "seconds": 290.0, "epoch_ratio": 0.5, "time_ratio": 0.725}
-    assert runs[2]["reached"] is None
-    table = markdown(runs)
-    assert "| thor | 2 | 0.6300 | 0.6300 | 2 | 4.8 min | 0.50 | 0.72 |" in table
-    assert "| slow | 2 | 0.6100 | 0.6100 | not reached | - | - | - |" in table
+    arms = [{"name": "momentum", "runs": [
+                _run("momentum", 1, [(1, 0.30, 100.0), (2, 0.50, 200.0), (3, 0.60, 300.0), (4, 0.62, 400.0)]),
+                _run("momentum", 2, [(1, 0.32, 110.0), (2, 0.52, 210.0), (3, 0.66, 310.0), (4, 0.66, 420.0)])]},
+            {"name": "thor", "runs": [_run("thor", 1, [(1, 0.45, 150.0), (2, 0.65, 290.0)]),
+                                      _run("thor", 2, [(1, 0.64, 140.0), (2, 0.70, 280.0)])]},
+            {"name": "slow", "runs": [_run("slow", 1, [(1, 0.20, 90.0), (2, 0.61, 180.0)])]}]
+    target = summarise(arms)
+    assert target == pytest.approx(0.64)  # mean of the baseline's final 0.62 and 0.66
+    momentum, thor, slow = arms
+    # momentum seed 1 never reaches the mean, seed 2 does at epoch 3
+    assert [r["reached"] for r in momentum["runs"]] == [None, {"epoch": 3, "seconds": 310.0}]
+    assert [r["reached"] for r in thor["runs"]] == [{"epoch": 2, "seconds": 290.0}, {"epoch": 1, "seconds": 140.0}]
+    assert thor["final_top1"]["mean"] == pytest.approx(0.675) and thor["final_top1"]["std"] == pytest.approx(0.03535534)
+    to = thor["to_target"]
+    assert to["epochs"]["mean"] == 1.5 and (to["epochs"]["min"], to["epochs"]["max"]) == (1, 2)
+    assert to["epoch_ratio"] == pytest.approx(1.5 / 4)  # to the baseline's 4-epoch schedule
+    assert to["time_ratio"] == pytest.approx(215.0 / 410.0)  # to its mean wall-clock to the last evaluation
+    assert slow["reached_by"] == 0 and slow["to_target"] is None
+    table = markdown(arms, target)
+    assert "| thor | 1,2 | 2 | 0.6750 (0.6500-0.7000) | 0.0354 | 2/2 | 1.50 (1-2) | 3.6 min (2.3-4.8) | 0.38 | 0.52 |" \
+        in table
+    assert "| slow | 1 | 2 | 0.6100 (0.6100-0.6100) | 0.0000 | 0/1 | - | - | - | - |" in table
+    assert f"Study time: {(400 + 420 + 290 + 280 + 180) / 60:.1f} min" in table
 
 
-def test_study_runs_the_recipes_end_to_end(tmp_path):
+def test_recipe_arguments_are_checked():
+    proc = run_script("-m", "studies.convergence_study", ".", "--recipes", "config/cifar10_momentum.yaml@1,x")
+    assert proc.returncode == 2 and "seeds must be integers" in proc.stderr
+    proc = run_script("-m", "studies.recipe_search", ".", "config/cifar10_momentum.yaml", "--grid", "lr_max")
+    assert proc.returncode == 2 and "expected key=v1,v2" in proc.stderr
+
+
+def test_study_runs_seeds_end_to_end_and_resumes(tmp_path):
     data = tmp_path / "data"
     write_image_folder(str(data / "train"), classes=10, per_class=4)
     write_image_folder(str(data / "val"), classes=10, per_class=2, seed=1)
     out = tmp_path / "study"
     i = TINY_ARGS.index("--class_num")
-    tiny = TINY_ARGS[:i] + TINY_ARGS[i + 2:]  # class_num 10 from the recipes
-    proc = run_script("-m", "studies.convergence_study", data,
-                      "--recipes", "config/cifar10_momentum.yaml,config/cifar10_thor.yaml", "--output_dir", out,
-                      *tiny, "--epoch_size", "2", "--frequency", "3")
+    tiny = [*TINY_ARGS[:i], "--class_num", "10", *TINY_ARGS[i + 2:], "--epoch_size", "2"]
+    study = ["-m", "studies.convergence_study", data, "--output_dir", out, *tiny, "--recipes"]
+    proc = run_script(*study, "config/cifar10_momentum.yaml", "config/resnet50_cpu_smoke.yaml@1")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     report = json.load(open(out / "study.json"))
-    assert [r["name"] for r in report["runs"]] == ["cifar10_momentum", "cifar10_thor"]
-    for r in report["runs"]:
-        assert [p[0] for p in r["curve"]] == [1, 2] and all(0 <= p[1] <= 1 for p in r["curve"])
-        assert [p[2] for p in r["curve"]] == sorted(p[2] for p in r["curve"])
-    assert "Target: the baseline's (cifar10_momentum) final top-1" in open(out / "study.md").read()
+    names = [r["name"] for a in report["arms"] for r in a["runs"]]
+    assert names == ["cifar10_momentum_seed1", "resnet50_cpu_smoke_seed1"]
+    for arm in report["arms"]:
+        for r in arm["runs"]:
+            assert [p[0] for p in r["curve"]] == [1, 2] and all(0 <= p[1] <= 1 for p in r["curve"])
+            assert [p[2] for p in r["curve"]] == sorted(p[2] for p in r["curve"])
+    assert report["target_top1"] == report["arms"][0]["runs"][0]["curve"][-1][1]
+    best = out / "resnet50_cpu_smoke_seed1" / "resnet18-best.ckpt"
+    assert f"best checkpoint of resnet50_cpu_smoke: {best}" in proc.stdout and best.is_file()
+    assert "Study time:" in open(out / "study.md").read()
+
+    # (the THOR recipes run through train.py in tests/test_thor_training.py; two Momentum arms keep this short)
+    # A second seed added, and a folder left by an interrupted run of it: the finished runs are read back, not
+    # trained again; the unfinished one starts again with its folder kept aside.
+    (out / "cifar10_momentum_seed2").mkdir()
+    (out / "cifar10_momentum_seed2" / "metrics.jsonl").write_text('{"event": "start", "time": 1.0, "epoch": 0}\n{"ev')
+    again = run_script(*study, "config/cifar10_momentum.yaml@1,2", "config/resnet50_cpu_smoke.yaml")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "cifar10_momentum_seed1: finished earlier" in again.stdout
+    assert "resnet50_cpu_smoke_seed1: finished earlier" in again.stdout
+    assert "cifar10_momentum_seed2: an unfinished run was here" in again.stdout
+    assert len([p for p in os.listdir(out) if p.startswith("cifar10_momentum_seed2.interrupted-")]) == 1
+    rerun = json.load(open(out / "study.json"))
+    assert rerun["arms"][1]["runs"][0]["curve"] == report["arms"][1]["runs"][0]["curve"]  # read back
+    assert [r["seed"] for r in rerun["arms"][0]["runs"]] == [1, 2]
+    log = open(out / "study.log").read()
+    assert log.count("cifar10_momentum_seed2: start:") == 1 and log.count("resnet50_cpu_smoke_seed1: start:") == 1
     pytest.importorskip("matplotlib")
     assert os.path.getsize(out / "study.png") > 1000
-
-    # Rerun after an interruption of the first run: the finished THOR run is read back, not trained again;
-    # the unfinished one starts again and its folder is kept aside.
-    metrics = out / "cifar10_momentum" / "metrics.jsonl"
-    lines = metrics.read_text().splitlines()
-    metrics.write_text("\n".join(line for line in lines if '"event": "done"' not in line) + "\n")
-    again = run_script("-m", "studies.convergence_study", data,
-                       "--recipes", "config/cifar10_momentum.yaml,config/cifar10_thor.yaml", "--output_dir", out,
-                       *tiny, "--epoch_size", "2", "--frequency", "3")
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
-    assert "== cifar10_thor: finished earlier" in again.stdout and "cifar10_momentum: an unfinished run" in again.stdout
-    assert len([p for p in os.listdir(out) if p.startswith("cifar10_momentum.interrupted-")]) == 1
-    rerun = json.load(open(out / "study.json"))["runs"]
-    assert rerun[1]["curve"] == report["runs"][1]["curve"]  # the THOR curve, as read back
-    assert [p[0] for p in rerun[0]["curve"]] == [1, 2]

@@ -58,9 +58,10 @@ def read_run(path: str) -> dict:
     return series
 
 
-def draw(runs: list, output: str, labels: list, panels=PANELS, hline=None) -> str:
+def draw(runs: list, output: str, labels: list, panels=PANELS, hline=None, colours=None) -> str:
     """Draw ``runs`` (``read_run`` results) into ``output``, one subplot per panel; ``hline``: a top-1 level
-    drawn across the top-1 panels (a study's target). Returns ``output``."""
+    drawn across the top-1 panels (a study's target); ``colours``: one matplotlib colour per run (runs sharing
+    a label, such as the seeds of one recipe, share one legend entry). Returns ``output``."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -73,11 +74,14 @@ def draw(runs: list, output: str, labels: list, panels=PANELS, hline=None) -> st
     for ax, name in zip(axes.flat, panels):
         xlabel, ylabel = TITLES[name]
         drawn = False
-        for series, label in zip(runs, labels):
+        seen = set()
+        for k, (series, label) in enumerate(zip(runs, labels)):
             points = series[name]
             if points:
                 x, y = zip(*points)
-                ax.plot(x, y, marker="o" if name.startswith("top1") else None, markersize=3, label=label)
+                ax.plot(x, y, marker="o" if name.startswith("top1") else None, markersize=3,
+                        label=None if label in seen else label, color=colours[k] if colours else None)
+                seen.add(label)
                 drawn = True
         if hline is not None and name.startswith("top1"):
             ax.axhline(hline, color="grey", linestyle="--", linewidth=0.8)
@@ -88,7 +92,7 @@ def draw(runs: list, output: str, labels: list, panels=PANELS, hline=None) -> st
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        if drawn and len(runs) > 1:
+        if drawn and len(set(labels)) > 1:
             ax.legend(fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
