@@ -1,7 +1,9 @@
 """Input pipelines: ImageNet-layout folders (``DIR/<class>/*.JPEG``) and a synthetic, learnable source.
 
 Train: RandomCropDecodeResize(size, scale crop_scale_min-1 (0.08 by default), ratio 3/4-4/3) -> RandomHorizontalFlip
--> Normalize (ImageNet mean/std) -> HWC2CHW, batches of ``batch_size`` with the remainder dropped.
+-> Normalize (ImageNet mean/std) -> HWC2CHW, batches of ``batch_size`` with the remainder dropped. With
+``train_crop: padded`` (small images such as CIFAR's): Decode -> Resize(size) when the image is not size x size
+-> RandomCrop(size) after zero-padding by size/8 on every side -> RandomHorizontalFlip -> the same.
 Eval: Decode -> Resize(size / crop_ratio) -> CenterCrop(size) -> Normalize -> HWC2CHW; the last
 partial batch is kept, so every image of the split is scored.
 Data parallel: each rank reads the 1/group_size shard ``rank`` of the files.
@@ -91,7 +93,7 @@ def eval_transforms(image_size: int, crop_ratio: float = 0.875, dataset: str = "
 def create_folder_dataset(path: str, train: bool, image_size: int, batch_size: int, num_workers: int = 2, rank: int = 0,
                           group_size: int = 1, crop_ratio: float = 0.875, drop_remainder: bool | None = None,
                           shuffle: bool | None = None, bad_images: str = "stop", warn: Callable[[str], None] = print,
-                          crop_scale_min: float = 0.08) -> tuple[ds.Dataset, list[str]]:
+                          crop_scale_min: float = 0.08, train_crop: str = "resized") -> tuple[ds.Dataset, list[str]]:
     """Build the train or eval pipeline over an ImageNet-layout folder. Returns (dataset, class_names).
     Zero-byte image files stop here with ``bad_images`` stop, and are announced with skip."""
     classes, counts, empty = scan_image_folder(path)
@@ -106,7 +108,10 @@ def create_folder_dataset(path: str, train: bool, image_size: int, batch_size: i
     data = ds.ImageFolderDataset(path, num_parallel_workers=num_workers, extensions=_extensions(),
                                  class_indexing={c: i for i, c in enumerate(classes)},
                                  **_sharding(train, shuffle, rank, group_size, sum(counts)))
-    if train:
+    if train and train_crop == "padded":
+        ops = [V.Decode(), V.Resize((image_size, image_size)), V.RandomCrop(image_size, padding=image_size // 8),
+               V.RandomHorizontalFlip(prob=0.5), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
+    elif train:
         ops = [V.RandomCropDecodeResize(image_size, scale=(crop_scale_min, 1.0), ratio=(0.75, 1.333333)),
                V.RandomHorizontalFlip(prob=0.5), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
     else:
@@ -249,7 +254,8 @@ def dataset_from_config(cfg: EasyDict, train: bool, rank: int = 0, group_size: i
     elif path is not None:
         data, classes = create_folder_dataset(path, train, size, batch, workers, rank,
                                               group_size, cfg.eval_crop_ratio, bad_images=cfg.bad_images,
-                                              warn=warn, crop_scale_min=cfg.crop_scale_min)
+                                              warn=warn, crop_scale_min=cfg.crop_scale_min,
+                                              train_crop=cfg.train_crop)
         if len(classes) != cfg.class_num:
             raise UserError(f"{path}: {len(classes)} class folders, but class_num is {cfg.class_num}")
     if train and cfg.max_steps_per_epoch and data.get_dataset_size() > cfg.max_steps_per_epoch:

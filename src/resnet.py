@@ -10,7 +10,8 @@ parameters, like torchvision's resnet50.
 
 ``stem="cifar"`` replaces the ImageNet stem (7x7/2 convolution and 3x3/2 max-pool, which shrink the input 4x
 before layer1) by a 3x3 stride-1 convolution without pooling, the usual choice for 32x32 images: layer1 then
-sees 32x32 maps instead of 8x8. The bottleneck body (3-4-6-3, v1.5 strides) is the same.
+sees 32x32 maps instead of 8x8. ``stem="cifar_s2"`` is the same convolution with stride 2 (layer1 at 16x16: a
+quarter of the ``cifar`` stem's compute in every stage). The body (3-4-6-3, v1.5 strides) is the same.
 """
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ class ResNet(nn.Cell):
             raise UserError(f"unknown stem {stem!r}; expected one of {', '.join(STEMS)}")
         widths = [base_width, base_width * 2, base_width * 4, base_width * 8]
         self.pool_stem = stem == "imagenet"
-        self.conv1 = _conv(3, base_width, 7, stride=2) if self.pool_stem else _conv(3, base_width, 3)
+        self.conv1 = _conv(3, base_width, 7, stride=2) if self.pool_stem else \
+            _conv(3, base_width, 3, stride=2 if stem == "cifar_s2" else 1)
         self.bn1 = _bn(base_width)
         self.relu = nn.ReLU()
         self.maxpool = StemMaxPool() if self.pool_stem else nn.Identity()
@@ -159,7 +161,7 @@ class ResNet(nn.Cell):
         return self.end_point(x)
 
 
-STEMS = ("imagenet", "cifar")
+STEMS = ("imagenet", "cifar", "cifar_s2")
 
 _ARCHS = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),

@@ -134,3 +134,34 @@ def test_cifar10_binary_batches_read_as_the_zoo_preprocesses_them(cifar10_bin, t
     with pytest.raises(UserError, match="not whole CIFAR-10 binary batches"):
         dataset_from_config(tiny_cfg("--dataset", "cifar10", "--data_path", str(tmp_path), "--class_num", "10"),
                             train=False)
+
+
+def test_padded_crop_is_a_shifted_possibly_flipped_copy(tmp_path):
+    # train_crop padded: every training image is the (lossless, already 16x16) original shifted by at most
+    # 16/8 = 2 pixels with zero padding, maybe mirrored, then normalised: found among all 25 shifts x 2 flips.
+    from PIL import Image
+
+    from src.dataset import IMAGENET_MEAN, IMAGENET_STD
+    root = write_image_folder(str(tmp_path / "png"), classes=2, per_class=3, size=16, fmt="PNG")
+    originals = {}
+    for k in range(2):
+        for i in range(3):
+            originals.setdefault(k, []).append(np.asarray(Image.open(os.path.join(root, f"class_{k}", f"{i:03d}.png"))))
+    data, _ = create_folder_dataset(root, True, 16, 2, num_workers=1, train_crop="padded")
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+    seen_shift = False
+    for images, labels in _batches(data):
+        for image, label in zip(images, labels):
+            hwc = image.transpose(1, 2, 0) * std + mean  # back to pixel values
+            matches = []
+            for src in originals[int(label)]:
+                padded = np.pad(src.astype(np.float64), ((2, 2), (2, 2), (0, 0)))
+                for dy in range(5):
+                    for dx in range(5):
+                        crop = padded[dy:dy + 16, dx:dx + 16]
+                        for flip in (crop, crop[:, ::-1]):
+                            if np.abs(flip - hwc).max() < 0.01:
+                                matches.append((dy, dx))
+            assert matches, "a padded-crop training image is not a shifted copy of its source"
+            seen_shift |= (2, 2) not in matches
+    assert seen_shift  # not always the centred crop

@@ -72,21 +72,23 @@ def test_unknown_network_is_a_user_error():
         create_network("resnet7")
 
 
-def test_cifar_stem_keeps_the_resolution_into_layer1():
-    # 3x3 stride-1 stem without max-pool: layer1 sees the input's 32x32 (the ImageNet stem gives 8x8);
+def test_cifar_stems_keep_more_resolution_into_layer1():
+    # 3x3 stem without max-pool: layer1 sees 32x32 (stride 1) or 16x16 (stride 2), the ImageNet stem 8x8;
     # the body and its parameter names are unchanged, only conv1's kernel differs.
     ms.set_context(mode=ms.PYNATIVE_MODE)
     cifar = create_network("resnet50", 10, base_width=4, stem="cifar")
+    cifar_s2 = create_network("resnet50", 10, base_width=4, stem="cifar_s2")
     imagenet = create_network("resnet50", 10, base_width=4)
     assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1) and cifar.conv1.padding == 1
+    assert cifar_s2.conv1.kernel_size == (3, 3) and cifar_s2.conv1.stride == (2, 2) and cifar_s2.conv1.padding == 1
     shapes = {}
-    for name, net in (("cifar", cifar), ("imagenet", imagenet)):
+    for name, net in (("cifar", cifar), ("cifar_s2", cifar_s2), ("imagenet", imagenet)):
         net.set_train(False)
         x = ms.Tensor(np.random.rand(2, 3, 32, 32).astype(np.float32))
         stem = net.relu(net.bn1(net.conv1(x)))
         shapes[name] = (net.maxpool(stem) if net.pool_stem else stem).shape
         assert net(x).shape == (2, 10)
-    assert shapes == {"cifar": (2, 4, 32, 32), "imagenet": (2, 4, 8, 8)}
+    assert shapes == {"cifar": (2, 4, 32, 32), "cifar_s2": (2, 4, 16, 16), "imagenet": (2, 4, 8, 8)}
     names = lambda n: {p.name for p in n.get_parameters()}  # noqa: E731
     assert names(cifar) == names(imagenet)
     with pytest.raises(UserError, match="unknown stem 'tiny'"):
