@@ -16,7 +16,9 @@ the best checkpoint of each arm. Any further arguments (``--key value``) go to e
 
 Rerunning the same command skips the runs that finished (their ``metrics.jsonl`` ends with ``done``) and reads
 their curves back, so a study can span sessions; a run that was interrupted is started again, its folder kept
-as ``<name>.interrupted-<time>``. ``study.log`` in ``--output_dir`` records when each run started and ended.
+as ``<name>.interrupted-<time>``. A finished run whose saved ``config.yaml`` differs from what its recipe and the
+command give now (a recipe edited since) is started again too, its folder kept as ``<name>.stale-<time>``.
+``study.log`` in ``--output_dir`` records when each run started and ended.
 """
 import argparse
 import json
@@ -28,6 +30,7 @@ import time
 
 import yaml
 
+from src.config import config_yaml, load_yaml, parse_args
 from src.errors import UserError, cli_main
 from tools.plot_metrics import draw, read_events
 
@@ -47,15 +50,17 @@ def train_command(recipe, data, out, extra=(), checkpoints=True):
 
 
 def parse_arm(item):
-    """``RECIPE[@SEED,SEED...]`` -> (recipe, name, [seeds])."""
+    """``RECIPE[@SEED,SEED...]`` -> (recipe's absolute path, name, [seeds]); a relative RECIPE is looked up from
+    the repository root, then from the working directory."""
     recipe, _, seeds = item.partition("@")
     try:
         seeds = [int(s) for s in seeds.split(",")] if seeds else [1]
     except ValueError:
         raise UserError(f"--recipes {item!r}: seeds must be integers, as in {recipe}@1,2,3") from None
-    if not os.path.isfile(os.path.join(ROOT, recipe)) and not os.path.isfile(recipe):
+    path = next((p for p in (os.path.join(ROOT, recipe), os.path.abspath(recipe)) if os.path.isfile(p)), None)
+    if path is None:
         raise UserError(f"--recipes: recipe not found: {recipe}")
-    return recipe, os.path.splitext(os.path.basename(recipe))[0], seeds
+    return path, os.path.splitext(os.path.basename(recipe))[0], seeds
 
 
 def run_start(events):
@@ -81,6 +86,31 @@ def finished_events(metrics):
     except UserError:  # a record torn by the interruption: the run did not finish
         return None
     return events if any(e["event"] == "done" for e in events) else None
+
+
+PATH_KEYS = ("data_path", "eval_dataset_path")
+
+
+def changed_keys(out, args):
+    """Keys that the recipe or the command ``args`` (train.py's arguments) set and whose value in the run's saved
+    config.yaml differs from what they give now; paths compared as absolute from the repository root (train.py's
+    working directory); a key the saved config lacks (added to the code since) counts as at its default."""
+    path = os.path.join(out, "config.yaml")
+    if not os.path.isfile(path):
+        return ["config.yaml (missing)"]
+    with open(path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f) or {}
+    want = yaml.safe_load(config_yaml(parse_args(args)))
+    recipe = args[args.index("--config_path") + 1]
+    keys = set(load_yaml(recipe)) | {a[2:].split("=")[0] for a in args if a.startswith("--")}
+
+    def norm(key, value):
+        return os.path.normpath(os.path.join(ROOT, value)) if key in PATH_KEYS and value else value
+    defaults = yaml.safe_load(config_yaml(parse_args([])))  # a key added since the run: its default then
+
+    def was(key):
+        return norm(key, saved.get(key, defaults.get(key)))
+    return sorted(k for k in keys - {"config_path", "output_dir"} if was(k) != norm(k, want.get(k)))
 
 
 def reach(points, target):
@@ -201,15 +231,18 @@ def run_once(recipe, seed, data, out, extra, log):
     """Train one run unless it finished earlier; returns its metrics records."""
     name = os.path.basename(out)
     metrics = os.path.join(out, "metrics.jsonl")
+    cmd = train_command(recipe, data, out, [*extra, "--seed", str(seed)])
     events = finished_events(metrics)
-    if events is not None:
+    changed = changed_keys(out, cmd[2:]) if events is not None else []
+    if events is not None and not changed:
         log(f"{name}: finished earlier, read from {metrics}")
         return events
     if os.path.exists(out):
-        kept = f"{out}.interrupted-{time.strftime('%Y%m%d-%H%M%S')}"
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        kept = f"{out}.stale-{stamp}" if changed else f"{out}.interrupted-{stamp}"
         os.replace(out, kept)
-        log(f"{name}: an unfinished run was here; kept as {kept}, starting again")
-    cmd = train_command(recipe, data, out, [*extra, "--seed", str(seed)])
+        log(f"{name}: a finished run with other values of {', '.join(changed)} was here; kept as {kept}, starting "
+            "again" if changed else f"{name}: an unfinished run was here; kept as {kept}, starting again")
     log(f"{name}: start: {' '.join(cmd[1:])}")
     proc = subprocess.run(cmd, cwd=ROOT)
     if proc.returncode != 0:
@@ -227,6 +260,7 @@ def main(argv=None):
     parser.add_argument("--output_dir", default=os.path.join(ROOT, "output", "convergence_study"))
     args, extra = parser.parse_known_args(argv)
     arms = [parse_arm(item) for item in args.recipes]
+    args.data = os.path.abspath(args.data)  # train.py runs from the repository root
     for split in ("train", "val"):
         if not os.path.isdir(os.path.join(args.data, split)):
             raise UserError(f"{args.data}: no {split}/ folder")
@@ -235,7 +269,7 @@ def main(argv=None):
     log(f"study: {' '.join(args.recipes)} on {args.data}" + (f" with {' '.join(extra)}" if extra else ""))
     report = []
     for recipe, name, seeds in arms:
-        arm = {"name": name, "recipe": recipe, "runs": []}
+        arm = {"name": name, "recipe": os.path.relpath(recipe, ROOT), "runs": []}
         for seed in seeds:
             out = os.path.join(args.output_dir, f"{name}_seed{seed}")
             events = run_once(recipe, seed, args.data, out, extra, log)

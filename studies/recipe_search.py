@@ -8,16 +8,18 @@ evaluation after every epoch.
 ``--grid key=v1,v2`` (several keys: every combination) overrides recipe keys; any other ``--key value`` goes
 to every run (``--epoch_size 4`` for a short proxy). Writes ``search.json`` and ``search.md`` (final and best
 top-1, minutes from train.py's start record, compile included) into ``--output_dir`` and prints the table.
-Rerunning the same command skips the points that finished, so a search can be extended or resumed.
+Rerunning the same command skips the points that finished, so a search can be extended or resumed; a point
+whose saved config differs from what the recipe gives now (an edited recipe) runs again.
 """
 import argparse
 import itertools
 import json
 import os
 import subprocess
+import time
 
 from src.errors import UserError, cli_main
-from studies.convergence_study import finished_events, points, run_start, train_command
+from studies.convergence_study import changed_keys, finished_events, parse_arm, points, run_start, train_command
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,20 +54,25 @@ def main(argv=None):
     parser.add_argument("--grid", nargs="+", required=True, help="key=v1,v2,...")
     parser.add_argument("--output_dir", default=None)
     args, extra = parser.parse_known_args(argv)
-    name = os.path.splitext(os.path.basename(args.recipe))[0]
+    recipe, name, _ = parse_arm(args.recipe)
+    args.data = os.path.abspath(args.data)  # train.py runs from the repository root
     out_root = args.output_dir or os.path.join(ROOT, "output", "search", name)
     keys, values = parse_grid(args.grid)
     rows = []
     for combo in itertools.product(*values):
         tag = "_".join(f"{k}{v}" for k, v in zip(keys, combo))
         out = os.path.join(out_root, tag)
+        overrides = [x for k, v in zip(keys, combo) for x in (f"--{k}", v)]
+        cmd = train_command(recipe, args.data, out, [*extra, *overrides], checkpoints=False)
         events = finished_events(os.path.join(out, "metrics.jsonl"))
+        if events is not None and changed_keys(out, cmd[2:]):
+            events = None  # the recipe changed since: this point runs again
         code = 0
         if events is None:
-            overrides = [x for k, v in zip(keys, combo) for x in (f"--{k}", v)]
+            if os.path.exists(out):
+                os.replace(out, f"{out}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             print(f"== {tag}", flush=True)
-            code = subprocess.run(train_command(args.recipe, args.data, out, [*extra, *overrides], checkpoints=False),
-                                  cwd=ROOT, stdout=subprocess.DEVNULL).returncode
+            code = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL).returncode
             events = finished_events(os.path.join(out, "metrics.jsonl")) if code == 0 else None
         else:
             print(f"== {tag}: finished earlier", flush=True)

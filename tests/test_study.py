@@ -2,6 +2,7 @@
 study through train.py, resumed."""
 import json
 import os
+import re
 
 import pytest
 from conftest import TINY_ARGS, run_script, write_image_folder
@@ -87,3 +88,28 @@ def test_study_runs_seeds_end_to_end_and_resumes(tmp_path):
     assert log.count("cifar10_momentum_seed2: start:") == 1 and log.count("resnet50_cpu_smoke_seed1: start:") == 1
     pytest.importorskip("matplotlib")
     assert os.path.getsize(out / "study.png") > 1000
+
+
+def test_a_finished_run_is_stale_when_its_recipe_or_command_changed(tmp_path):
+    from src.config import parse_args, save_config
+    from studies.convergence_study import ROOT, changed_keys, train_command
+    recipe = os.path.join(ROOT, "config", "cifar10_momentum.yaml")
+    out = tmp_path / "run"
+    out.mkdir()
+    args = train_command(recipe, "../shared/data/cifar10", str(out), ["--seed", "2"])[2:]
+    save_config(parse_args(args), str(out / "config.yaml"))
+    assert changed_keys(str(out), args) == []
+    # the same data given as an absolute path: not a change (train.py runs from the repository root)
+    absolute = train_command(recipe, os.path.join(ROOT, "..", "shared/data/cifar10"), str(out), ["--seed", "2"])[2:]
+    assert changed_keys(str(out), absolute) == []
+    assert changed_keys(str(out), [*args[:-2], "--seed", "3"]) == ["seed"]
+    edited = tmp_path / "edited.yaml"
+    text = re.sub(r"^lr_max: .*$", "lr_max: 0.0123", open(recipe).read(), flags=re.M)
+    edited.write_text(re.sub(r"^warmup_epochs: .*$", "warmup_epochs: 7", text, flags=re.M))
+    assert changed_keys(str(out), [*args[:1], str(edited), *args[2:]]) == ["lr_max", "warmup_epochs"]
+    saved = (out / "config.yaml").read_text()  # written before train_crop existed: resized was the only crop
+    (out / "config.yaml").write_text(re.sub(r"^train_crop: .*\n", "", saved, flags=re.M))
+    assert changed_keys(str(out), [*args, "--train_crop", "resized"]) == []
+    assert changed_keys(str(out), args) == ["train_crop"]  # the recipe's padded crop is a change
+    (out / "config.yaml").unlink()
+    assert changed_keys(str(out), args) == ["config.yaml (missing)"]
