@@ -98,8 +98,7 @@ def changed_keys(out, args):
     path = os.path.join(out, "config.yaml")
     if not os.path.isfile(path):
         return ["config.yaml (missing)"]
-    with open(path, encoding="utf-8") as f:
-        saved = yaml.safe_load(f) or {}
+    saved = load_yaml(path)
     want = yaml.safe_load(config_yaml(parse_args(args)))
     recipe = args[args.index("--config_path") + 1]
     keys = set(load_yaml(recipe)) | {a[2:].split("=")[0] for a in args if a.startswith("--")}
@@ -295,8 +294,7 @@ def main(argv=None):
 
 def _net_name(out):
     """The run's net_name, from the config.yaml train.py saved beside its outputs."""
-    with open(os.path.join(out, "config.yaml"), encoding="utf-8") as f:
-        return (yaml.safe_load(f) or {}).get("net_name", "resnet50")
+    return load_yaml(os.path.join(out, "config.yaml")).get("net_name", "resnet50")
 
 
 if __name__ == "__main__":
