@@ -130,3 +130,18 @@ def worker_budget(requested: int, environ: Mapping[str, str] | None = None, core
     cores = usable_cores() if cores is None else cores
     who = f"{cores} usable core(s)" + (f" shared by {ranks} local rank(s)" if ranks > 1 and not pinned else "")
     return share, f"num_parallel_workers {requested} clamped to {share} ({who})"
+
+
+def compile_cache_warning(environ: Mapping[str, str] | None = None) -> str | None:
+    """A warning when MindSpore's compile cache is switched on in the environment, else None.
+
+    MindSpore 2.10 decides whether a cached graph is still valid from a hash of the Python sources only: a run
+    with another config (base_width 8 after a base_width 16 run, same cache path) loaded the old graph and
+    stopped with a NaN loss at its first step. The cache is safe only with one cache path per config."""
+    environ = os.environ if environ is None else environ
+    if environ.get("MS_COMPILER_CACHE_ENABLE") != "1":
+        return None
+    where = environ.get("MS_COMPILER_CACHE_PATH") or "the working directory"
+    return (f"MS_COMPILER_CACHE_ENABLE=1: MindSpore reuses the graphs cached in {where} whenever the Python "
+            "sources are unchanged, even after a config change (a width-8 run loaded a width-16 graph and "
+            "diverged at step 1); use one MS_COMPILER_CACHE_PATH per config")

@@ -27,6 +27,9 @@ def setup(cfg: EasyDict) -> tuple[int, int]:
     cap is decided first (before any kernel exists); what was decided is kept for :func:`notes`.
     """
     host.apply_isa_cap(cfg.device_target, cfg.cpu_isa_cap, log=_NOTES.append)
+    cache_warning = host.compile_cache_warning()
+    if cache_warning:
+        _NOTES.append(cache_warning)
     try:
         ms.set_device(cfg.device_target)
     except Exception as exc:  # a backend that this MindSpore build does not have

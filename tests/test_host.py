@@ -127,3 +127,11 @@ def test_script_options_are_typed(trained):
     fails_cleanly(run_script("predict.py", "x.png", "--checkpoint_path", ckpt, "--top_k", "0"), "--top_k")
     fails_cleanly(run_script("predict.py", "x.png", "--checkpoint_path", ckpt, "--json", "maybe"), "'json'")
     fails_cleanly(run_script("eval.py", "--data_path", out), "--checkpoint_path is required")
+
+
+def test_compile_cache_warning_names_the_cache_path():
+    assert host.compile_cache_warning({}) is None
+    assert host.compile_cache_warning({"MS_COMPILER_CACHE_ENABLE": "0"}) is None
+    warning = host.compile_cache_warning({"MS_COMPILER_CACHE_ENABLE": "1", "MS_COMPILER_CACHE_PATH": "/tmp/c"})
+    assert "/tmp/c" in warning and "one MS_COMPILER_CACHE_PATH per config" in warning
+    assert "working directory" in host.compile_cache_warning({"MS_COMPILER_CACHE_ENABLE": "1"})
