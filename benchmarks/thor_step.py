@@ -18,8 +18,9 @@ scale 128, ``split_dim`` 128, the default thor_convention):
 Each window ends by reading the loss back. Reported: the median over rounds of each step time and of THOR's
 plain and update steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1)
 t_plain) / (F t_momentum), F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each
-run's peak RSS and the THOR state (statistics, factors, inverses). Prints a markdown table and writes JSON to
-``--output``.
+run's peak RSS (and the peak after building the cell and after each graph's first call, which shows which
+graph holds the memory) and the THOR state (statistics, factors, inverses). Prints a markdown table and writes
+JSON to ``--output``.
 """
 import argparse
 import copy
@@ -83,15 +84,18 @@ def measure(arm, args):
     out = {"arm": arm}
     if arm == "momentum":
         _, _, momentum = build("Momentum")
+        out["built_rss_mib"] = _peak_rss_mib()
         first = first_call(momentum)
         t, _ = time_windows(momentum, warmup=args.warmup, runs=args.runs, window=args.window)
         out.update(compile_s=first - t, peak_rss_mib=_peak_rss_mib())
         return out
 
     opt, cell, thor = build("Thor")
+    out["built_rss_mib"] = _peak_rss_mib()
     flags = cell.update_flags
     flags[:] = True
     first_update = first_call(thor)               # update graph
+    out["after_update_graph_rss_mib"] = _peak_rss_mib()
     flags[:] = False
     first_plain = first_call(thor)                # plain graph
     out.update(peak_rss_mib=_peak_rss_mib(), state_mib=opt.state_bytes() / 2 ** 20)
@@ -159,6 +163,12 @@ def main(argv=None):
              f"{row['momentum_peak_rss_mib']:.0f} / {row['thor_peak_rss_mib']:.0f}", f"{row['thor_state_mib']:.1f}"]
     print()
     print(markdown_table(header, [cells]))
+    print(f"\npeak RSS by phase, MiB: Momentum built {row['momentum_built_rss_mib']:.0f}, compiled "
+          f"+{row['momentum_peak_rss_mib'] - row['momentum_built_rss_mib']:.0f}; "
+          f"THOR built {row['thor_built_rss_mib']:.0f}, "
+          f"update graph +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, plain graph "
+          f"+{row['thor_peak_rss_mib'] - row['thor_after_update_graph_rss_mib']:.0f}; "
+          f"budget (Momentum + 2 x state + 200) {row['rss_budget_mib']:.0f}")
     print(f"\nwritten {output}")
     return row
 
