@@ -23,7 +23,6 @@ graph holds the memory) and the THOR state (statistics, factors, inverses). Prin
 JSON to ``--output``.
 """
 import argparse
-import copy
 import os
 import resource
 import statistics
@@ -45,36 +44,47 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def measure(arm, args):
-    """Runs in the child process: build, compile, time. Returns a dict."""
+def setup(args):
+    """As train.py does before the first kernel: the oneDNN cap, the device, graph mode."""
+    import mindspore as ms
+
+    from src import host
+    host.apply_isa_cap(args.device_target, "auto")
+    ms.set_device(args.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def build_cell(optimizer, args, steps=100000):
+    """The training cell train.py would build for full-width ResNet-50 (1000 classes, loss scale 128) with
+    ``optimizer``, and ``step()``: one call on a fixed synthetic batch, reading the loss back.
+    Returns ``(optimizer cell, training cell, step)``."""
     import mindspore as ms
     import numpy as np
 
-    from src import host
     from src.config import parse_args
     from src.optim import NetWithLoss, create_loss, create_optimizer, create_train_cell
     from src.resnet import network_from_config
 
-    host.apply_isa_cap(args.device_target, "auto")  # as train.py does, before the first kernel
-    ms.set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
-    steps = 100000
     cfg = parse_args(["--device_target", args.device_target, "--net_name", "resnet50", "--class_num", "1000",
                       "--batch_size", str(args.batch_size), "--train_image_size", str(args.image_size),
                       "--loss_scale", "128", "--split_dim", str(args.split_dim), "--epoch_size", "1",
-                      "--warmup_epochs", "0", "--optimizer", "Thor"])
+                      "--warmup_epochs", "0", "--optimizer", optimizer])
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32))
+    ms.set_seed(1)
+    net = network_from_config(cfg)
+    opt = create_optimizer(cfg, net, np.full(steps, 0.01, np.float32))
+    cell = create_train_cell(cfg, NetWithLoss(net, create_loss(cfg)), opt, steps)
+    return opt, cell, (lambda: cell(x, y)[0].asnumpy())
+
+
+def measure(arm, args):
+    """Runs in the child process: build, compile, time. Returns a dict."""
+    setup(args)
 
     def build(optimizer):
-        ms.set_seed(1)
-        run_cfg = copy.copy(cfg)
-        run_cfg.optimizer = optimizer
-        net = network_from_config(run_cfg)
-        opt = create_optimizer(run_cfg, net, np.full(steps, 0.01, np.float32))
-        cell = create_train_cell(run_cfg, NetWithLoss(net, create_loss(run_cfg)), opt, steps)
-        return opt, cell, (lambda: cell(x, y)[0].asnumpy())
+        return build_cell(optimizer, args)
 
     def first_call(step):
         start = time.perf_counter()

@@ -1,0 +1,37 @@
+"""Parsing in the benchmarks that read MindSpore's output (no MindSpore run here)."""
+from benchmarks.thor_graphs import graph_files, row, summarise_ir
+
+IR = """# IR entry: @kernel_graph0
+%para1_w: <Ref[Tensor[Float32]], (4, 4)>
+  %1(CNode_1) = Load(%para1_w, %0)
+      : (<Ref[Tensor[Float32]], (4, 4)>, <UMonad>) -> (<Tensor[Float32], (4, 4)>)
+  %2(CNode_2) = PrimFunc_MatMul(%1, %1) {instance name: matmul}
+      : (<Tensor[Float32], (4, 4)>, <Tensor[Float32], (4, 4)>) -> (<Tensor[Float32], (4, 4)>)
+      : (<Float32xDefaultFormat[const vector]{4, 4}>) -> (<Float32xDefaultFormat[const vector]{4, 4}>)
+  %3(CNode_3) = PrimFunc_Reshape(%2, (16))
+      : (<Tensor[Float32], (4, 4)>, <Tuple>) -> (<Tensor[Float32], (16)>)
+  %4(CNode_4) = MakeTuple(%3, %2)
+      : (<Tensor[Float32], (16)>, <Tensor[Float32], (4, 4)>) -> (<Tuple[Tensor[Float32]*2]>)
+  %5(CNode_5) = PrimFunc_Cast(%3, I64(43))
+      : (<Tensor[Float32], (16)>, <Int64>) -> (<Tensor[Float16], (16)>, <Tensor[Bool], ()>)
+"""
+
+
+def test_summarise_ir_counts_nodes_and_output_bytes(tmp_path):
+    path = tmp_path / "graph_build_0_0001.ir"
+    path.write_text(IR)
+    nodes, counts, sizes = summarise_ir(str(path))
+    assert nodes == 5 and counts["PrimFunc_MatMul"] == 1 and counts["MakeTuple"] == 1
+    # outputs only (after "->", on the shape line right below each node); a scalar tensor is one element; a
+    # tuple output names no shape and holds nothing of its own
+    assert sizes == {"Load": 64, "PrimFunc_MatMul": 64, "PrimFunc_Reshape": 64, "PrimFunc_Cast": 33}
+    summary = row("step", [str(path)])
+    assert summary["nodes"] == 5 and summary["reshape_nodes"] == 1
+    assert summary["output_mib"] * 2 ** 20 == 64 + 64 + 33  # Load aliases its parameter
+
+
+def test_graph_files_are_in_build_order(tmp_path):
+    for name in ("graph_build_10_0300.ir", "graph_build_2_0130.ir", "graph_build_0_0098.ir", "other.ir"):
+        (tmp_path / name).write_text("")
+    assert [p.rsplit("/", 1)[1] for p in graph_files(str(tmp_path))] == [
+        "graph_build_0_0098.ir", "graph_build_2_0130.ir", "graph_build_10_0300.ir"]
