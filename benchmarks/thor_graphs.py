@@ -11,15 +11,13 @@ TupleGetItem, UpdateState, MakeTuple), with the op types holding the most. Compi
 count; on CPU the resident memory a compiled graph adds follows its output bytes (docs/performance.md).
 Compile times are not reported: the dump itself slows compiling several-fold (benchmarks.thor_step times it).
 """
-import argparse
 import collections
 import glob
 import os
 import re
-import sys
 import tempfile
 
-from benchmarks.timing import benchmark_parser, child_result, host_info, markdown_table, print_result, write_json
+from benchmarks.timing import benchmark_parser, child_result, host_info, markdown_table, parse_arms, write_json
 
 ALIASES = {"Load", "Depend", "TupleGetItem", "UpdateState", "MakeTuple"}
 DTYPE_BYTES = {"Float32": 4, "Float16": 2, "BFloat16": 2, "Float64": 8, "Int32": 4, "Int64": 8, "Int16": 2,
@@ -93,12 +91,10 @@ def row(name, files):
 def main(argv=None):
     parser = benchmark_parser(__doc__, image_size=32, batch_size=32, split_dim=128, device_target="CPU",
                               output="bench_results/thor_graphs.json")
-    parser.add_argument("--arm", choices=("momentum", "thor"), help=argparse.SUPPRESS)  # child process
-    args = parser.parse_args(argv)
-    if args.arm:
-        print_result(measure(args.arm, args))
+    parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)
+    if parsed is None:  # a child process: it has printed its result
         return None
-    passed = list(argv if argv is not None else sys.argv[1:])
+    args, passed = parsed
     rows = []
     with tempfile.TemporaryDirectory(prefix="thor_graphs_") as tmp:
         for arm in ("momentum", "thor"):

@@ -22,11 +22,9 @@ run's peak RSS (and the peak after building the cell and after each graph's firs
 graph holds the memory) and the THOR state (statistics, factors, inverses). Prints a markdown table and writes
 JSON to ``--output``.
 """
-import argparse
 import os
 import resource
 import statistics
-import sys
 import time
 
 from benchmarks.timing import (
@@ -34,7 +32,7 @@ from benchmarks.timing import (
     child_result,
     host_info,
     markdown_table,
-    print_result,
+    parse_arms,
     time_windows,
     write_json,
 )
@@ -144,13 +142,10 @@ def main(argv=None):
                               window=3, device_target="CPU", output=None,
                               helps={"window": "steps per timed window",
                                      "output": "JSON path (default bench_results/thor_step_<size>.json)"})
-    parser.add_argument("--arm", choices=("momentum", "thor"), help=argparse.SUPPRESS)  # child process
-    args = parser.parse_args(argv)
-    if args.arm:
-        print_result(measure(args.arm, args))
+    parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)
+    if parsed is None:  # a child process: it has printed its result
         return None
-
-    passed = list(argv if argv is not None else sys.argv[1:])
+    args, passed = parsed
     row = {"image_size": args.image_size, "batch_size": args.batch_size, "frequency": args.frequency}
     for arm in ("momentum", "thor"):
         result = child_result("benchmarks.thor_step", [*passed, "--arm", arm], f"the {arm} process")

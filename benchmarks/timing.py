@@ -90,3 +90,15 @@ def benchmark_parser(doc, helps=None, **defaults):
         kind = str if default is None else type(default)
         parser.add_argument(f"--{name}", type=kind, default=default, help=(helps or {}).get(name))
     return parser
+
+
+def parse_arms(parser, argv, arms, measure):
+    """Parse a two-process benchmark's arguments. The parent starts one child per arm with ``--arm NAME`` added
+    (a hidden option); in a child this runs ``measure(arm, args)``, prints its result for ``child_result`` and
+    returns None. In the parent it returns ``(args, the arguments to pass on to the children)``."""
+    parser.add_argument("--arm", choices=arms, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.arm:
+        print_result(measure(args.arm, args))
+        return None
+    return args, list(argv if argv is not None else sys.argv[1:])

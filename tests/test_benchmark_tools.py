@@ -35,3 +35,15 @@ def test_graph_files_are_in_build_order(tmp_path):
         (tmp_path / name).write_text("")
     assert [p.rsplit("/", 1)[1] for p in graph_files(str(tmp_path))] == [
         "graph_build_0_0098.ir", "graph_build_2_0130.ir", "graph_build_10_0300.ir"]
+
+
+def test_parse_arms_runs_the_child_or_returns_what_to_pass_on(capsys):
+    from benchmarks.timing import benchmark_parser, parse_arms
+
+    def measure(arm, args):
+        return {"arm": arm, "batch": args.batch_size}
+    parser = benchmark_parser("doc", batch_size=32)
+    assert parse_arms(parser, ["--batch_size", "4", "--arm", "thor"], ("momentum", "thor"), measure) is None
+    assert capsys.readouterr().out.strip() == 'RESULT {"arm": "thor", "batch": 4}'
+    args, passed = parse_arms(benchmark_parser("doc", batch_size=32), ["--batch_size", "4"], ("momentum",), measure)
+    assert args.batch_size == 4 and args.arm is None and passed == ["--batch_size", "4"]
