@@ -98,13 +98,8 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory(prefix="thor_graphs_") as tmp:
         for arm in ("momentum", "thor"):
-            folder = os.path.join(tmp, arm)
-            os.environ.update(MS_DEV_SAVE_GRAPHS="1", MS_DEV_SAVE_GRAPHS_PATH=folder)
-            try:
-                files = child_result("benchmarks.thor_graphs", [*passed, "--arm", arm], f"the {arm} process")
-            finally:
-                os.environ.pop("MS_DEV_SAVE_GRAPHS", None)
-                os.environ.pop("MS_DEV_SAVE_GRAPHS_PATH", None)
+            dump = {"MS_DEV_SAVE_GRAPHS": "1", "MS_DEV_SAVE_GRAPHS_PATH": os.path.join(tmp, arm)}
+            files = child_result("benchmarks.thor_graphs", [*passed, "--arm", arm], f"the {arm} process", env=dump)
             rows += [row(name, paths) for name, paths in files.items()]
     write_json(args.output, {"host": host_info(), "args": vars(args), "result": rows})
     header = ["step", "nodes (per kernel graph)", "output MiB (aliases excluded)", "Reshape nodes",

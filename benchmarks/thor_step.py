@@ -81,9 +81,6 @@ def measure(arm, args):
     """Runs in the child process: build, compile, time. Returns a dict."""
     setup(args)
 
-    def build(optimizer):
-        return build_cell(optimizer, args)
-
     def first_call(step):
         start = time.perf_counter()
         step()
@@ -91,14 +88,14 @@ def measure(arm, args):
 
     out = {"arm": arm}
     if arm == "momentum":
-        _, _, momentum = build("Momentum")
+        _, _, momentum = build_cell("Momentum", args)
         out["built_rss_mib"] = _peak_rss_mib()
         first = first_call(momentum)
         t, _ = time_windows(momentum, warmup=args.warmup, runs=args.runs, window=args.window)
         out.update(compile_s=first - t, peak_rss_mib=_peak_rss_mib())
         return out
 
-    opt, cell, thor = build("Thor")
+    opt, cell, thor = build_cell("Thor", args)
     out["built_rss_mib"] = _peak_rss_mib()
     flags = cell.update_flags
     flags[:] = True
@@ -107,7 +104,7 @@ def measure(arm, args):
     flags[:] = False
     first_plain = first_call(thor)                # plain graph
     out.update(peak_rss_mib=_peak_rss_mib(), state_mib=opt.state_bytes() / 2 ** 20)
-    _, _, momentum = build("Momentum")
+    _, _, momentum = build_cell("Momentum", args)
     first_call(momentum)
 
     def plain():

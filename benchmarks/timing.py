@@ -66,10 +66,12 @@ def markdown_table(header, rows):
     return "\n".join(lines)
 
 
-def child_result(module, args, what):
-    """Run ``python -m module *args`` (a benchmark measuring in a process of its own) and return the JSON it
-    printed on its last ``RESULT `` line; exit with one line naming ``what`` when the child fails."""
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+def child_result(module, args, what, env=None):
+    """Run ``python -m module *args`` (a benchmark measuring in a process of its own; ``env``: variables added to
+    this process's environment for it) and return the JSON it printed on its last ``RESULT `` line; exit with one
+    line naming ``what`` when the child fails."""
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env={**os.environ, **env} if env else None)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
