@@ -112,6 +112,13 @@ def changed_keys(out, args):
     return sorted(k for k in keys - {"config_path", "output_dir"} if was(k) != norm(k, want.get(k)))
 
 
+def train_speed(events):
+    """Median training img/s of a run's epochs, its first left out when it has more (it includes compiling):
+    the machine's speed during the run, to read wall-clock ratios between runs by."""
+    speeds = [e["img_per_s"] for e in events if e["event"] == "epoch"]
+    return statistics.median(speeds[1:] if len(speeds) > 1 else speeds) if speeds else None
+
+
 def reach(points, target):
     """(epoch, seconds) of the first evaluation with top-1 >= target, or None."""
     return next(((e, t) for e, top1, t in points if top1 >= target - 1e-12), None)
@@ -138,6 +145,8 @@ def summarise(arms):
         hits = [r["reached"] for r in arm["runs"] if r["reached"]]
         arm["final_top1"] = spread([r["curve"][-1][1] for r in arm["runs"]])
         arm["run_seconds"] = spread([r["curve"][-1][2] for r in arm["runs"]])
+        speeds = [r["img_per_s"] for r in arm["runs"] if r.get("img_per_s")]
+        arm["img_per_s"] = spread(speeds) if speeds else None
         arm["reached_by"] = len(hits)
         arm["to_target"] = None
         if hits:
@@ -154,8 +163,9 @@ def markdown(arms, target):
              f"{base['run_seconds']['mean'] / 60:.1f} min (mean wall-clock to its last evaluation, compile "
              "included).", "",
              "| arm | seeds | epochs | final top-1 mean (min-max) | std | reached target | epochs to target "
-             "mean (min-max) | wall-clock to target mean (min-max) | epochs ratio | time ratio |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "mean (min-max) | wall-clock to target mean (min-max) | epochs ratio | time ratio | train img/s mean "
+             "(min-max) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         f, to = arm["final_top1"], arm["to_target"]
         epochs = sorted({len(r["curve"]) for r in arm["runs"]})
@@ -168,6 +178,8 @@ def markdown(arms, target):
                     f"({s['min'] / 60:.1f}-{s['max'] / 60:.1f}) | {to['epoch_ratio']:.2f} | {to['time_ratio']:.2f} |")
         else:
             row += "- | - | - | - |"
+        speed = arm.get("img_per_s")
+        row += f" {speed['mean']:.0f} ({speed['min']:.0f}-{speed['max']:.0f}) |" if speed else " - |"
         lines.append(row)
     runs = [r for arm in arms for r in arm["runs"]]
     epochs = max(len(r["curve"]) for r in runs)
@@ -181,7 +193,9 @@ def markdown(arms, target):
         lines.append(f"| {e} | " + " | ".join(cells) + " |")
     total = sum(r["seconds"] for r in runs)
     lines += ["", f"Study time: {total / 60:.1f} min, the sum of the runs' wall-clock from train.py's start "
-              "record to its done record (study.log has the start and end of every run)."]
+              "record to its done record (study.log has the start and end of every run). Train img/s: each run's "
+              "median over its epochs after the first, the machine's speed during the run, on which wall-clock "
+              "ratios between runs made at different times depend."]
     return "\n".join(lines) + "\n"
 
 
@@ -266,17 +280,21 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     log = StudyLog(os.path.join(args.output_dir, "study.log"))
     log(f"study: {' '.join(args.recipes)} on {args.data}" + (f" with {' '.join(extra)}" if extra else ""))
-    report = []
-    for recipe, name, seeds in arms:
-        arm = {"name": name, "recipe": os.path.relpath(recipe, ROOT), "runs": []}
-        for seed in seeds:
+    report = [{"name": name, "recipe": os.path.relpath(recipe, ROOT), "runs": []} for recipe, name, _ in arms]
+    # seed-major (every arm's first seed, then every arm's second ...): the arms' runs interleave in time, so
+    # a machine whose speed drifts over hours slows all arms alike
+    for k in range(max(len(seeds) for _, _, seeds in arms)):
+        for (recipe, name, seeds), arm in zip(arms, report):
+            if k >= len(seeds):
+                continue
+            seed = seeds[k]
             out = os.path.join(args.output_dir, f"{name}_seed{seed}")
             events = run_once(recipe, seed, args.data, out, extra, log)
             start = run_start(events)
             arm["runs"].append({"name": f"{name}_seed{seed}", "seed": seed, "output_dir": out,
                                 "net_name": _net_name(out), "metrics": os.path.join(out, "metrics.jsonl"),
-                                "seconds": max(e["time"] for e in events) - start, "curve": points(events, start)})
-        report.append(arm)
+                                "seconds": max(e["time"] for e in events) - start, "curve": points(events, start),
+                                "img_per_s": train_speed(events)})
     target = summarise(report)
     table = markdown(report, target)
     print(table)

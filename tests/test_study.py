@@ -10,17 +10,18 @@ from conftest import TINY_ARGS, run_script, write_image_folder
 pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 
-def _run(name, seed, curve):
-    return {"name": f"{name}_seed{seed}", "seed": seed, "curve": curve, "seconds": curve[-1][2]}
+def _run(name, seed, curve, img_per_s=None):
+    return {"name": f"{name}_seed{seed}", "seed": seed, "curve": curve, "seconds": curve[-1][2],
+            "img_per_s": img_per_s}
 
 
 def test_target_spread_and_ratios_by_hand():
     from studies.convergence_study import markdown, summarise
     arms = [{"name": "momentum", "runs": [
-                _run("momentum", 1, [(1, 0.30, 100.0), (2, 0.50, 200.0), (3, 0.60, 300.0), (4, 0.62, 400.0)]),
-                _run("momentum", 2, [(1, 0.32, 110.0), (2, 0.52, 210.0), (3, 0.66, 310.0), (4, 0.66, 420.0)])]},
-            {"name": "thor", "runs": [_run("thor", 1, [(1, 0.45, 150.0), (2, 0.65, 290.0)]),
-                                      _run("thor", 2, [(1, 0.64, 140.0), (2, 0.70, 280.0)])]},
+                _run("momentum", 1, [(1, 0.30, 100.0), (2, 0.50, 200.0), (3, 0.60, 300.0), (4, 0.62, 400.0)], 300.0),
+                _run("momentum", 2, [(1, 0.32, 110.0), (2, 0.52, 210.0), (3, 0.66, 310.0), (4, 0.66, 420.0)], 200.0)]},
+            {"name": "thor", "runs": [_run("thor", 1, [(1, 0.45, 150.0), (2, 0.65, 290.0)], 140.0),
+                                      _run("thor", 2, [(1, 0.64, 140.0), (2, 0.70, 280.0)], 150.0)]},
             {"name": "slow", "runs": [_run("slow", 1, [(1, 0.20, 90.0), (2, 0.61, 180.0)])]}]
     target = summarise(arms)
     assert target == pytest.approx(0.64)  # mean of the baseline's final 0.62 and 0.66
@@ -35,10 +36,20 @@ def test_target_spread_and_ratios_by_hand():
     assert to["time_ratio"] == pytest.approx(215.0 / 410.0)  # to its mean wall-clock to the last evaluation
     assert slow["reached_by"] == 0 and slow["to_target"] is None
     table = markdown(arms, target)
-    assert "| thor | 1,2 | 2 | 0.6750 (0.6500-0.7000) | 0.0354 | 2/2 | 1.50 (1-2) | 3.6 min (2.3-4.8) | 0.38 | 0.52 |" \
-        in table
-    assert "| slow | 1 | 2 | 0.6100 (0.6100-0.6100) | 0.0000 | 0/1 | - | - | - | - |" in table
+    assert momentum["img_per_s"]["mean"] == 250.0 and thor["img_per_s"]["min"] == 140.0 and slow["img_per_s"] is None
+    assert "| thor | 1,2 | 2 | 0.6750 (0.6500-0.7000) | 0.0354 | 2/2 | 1.50 (1-2) | 3.6 min (2.3-4.8) | 0.38 | 0.52 " \
+        "| 145 (140-150) |" in table
+    assert "| momentum | 1,2 | 4 | 0.6400 (0.6200-0.6600) | 0.0283 | 1/2 | 3.00 (3-3) | 5.2 min (5.2-5.2) | 0.75 " \
+        "| 0.76 | 250 (200-300) |" in table
+    assert "| slow | 1 | 2 | 0.6100 (0.6100-0.6100) | 0.0000 | 0/1 | - | - | - | - | - |" in table
     assert f"Study time: {(400 + 420 + 290 + 280 + 180) / 60:.1f} min" in table
+
+
+def test_train_speed_is_the_median_after_the_first_epoch():
+    from studies.convergence_study import train_speed
+    epoch = [{"event": "epoch", "img_per_s": v} for v in (50.0, 300.0, 100.0, 200.0)]
+    assert train_speed([{"event": "start"}, *epoch, {"event": "eval", "img_per_s": 1.0}]) == 200.0
+    assert train_speed(epoch[:1]) == 50.0 and train_speed([{"event": "start"}]) is None
 
 
 def test_recipe_arguments_are_checked():
@@ -86,6 +97,10 @@ def test_study_runs_seeds_end_to_end_and_resumes(tmp_path):
     assert [r["seed"] for r in rerun["arms"][0]["runs"]] == [1, 2]
     log = open(out / "study.log").read()
     assert log.count("cifar10_momentum_seed2: start:") == 1 and log.count("resnet50_cpu_smoke_seed1: start:") == 1
+    # seed-major: every arm's first seed before any arm's second
+    second = log[log.rindex("study: "):]
+    assert second.index("resnet50_cpu_smoke_seed1: finished") < second.index("cifar10_momentum_seed2: an unfinished")
+    assert all(r["img_per_s"] > 0 for a in rerun["arms"] for r in a["runs"])
     pytest.importorskip("matplotlib")
     assert os.path.getsize(out / "study.png") > 1000
 
