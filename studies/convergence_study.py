@@ -10,7 +10,10 @@ Every run goes through train.py (evaluation after every epoch, the best checkpoi
 ``<output_dir>/<recipe>_seed<k>``. For each run the report gives the first epoch whose top-1 reaches the target
 and the wall-clock from train.py's ``start`` record to the end of that epoch's evaluation (compile time
 included: it is part of what a user waits for); for each arm the mean and the range over its seeds, and the
-ratios to the baseline's schedule (its epochs, and its mean wall-clock to the end of training). Writes
+ratios to the baseline's schedule (its epochs, and its mean wall-clock to the end of training); and the other way
+round, the epochs and wall-clock the baseline takes to reach each arm's mean final top-1, so that an arm which
+ends below the target is still compared at equal accuracy. Runs go seed-major (every arm's first seed, then every
+arm's second, ...), and each run's training img/s is reported, since a shared machine's speed drifts. Writes
 ``study.json``, ``study.md`` and, when matplotlib is installed, ``study.png`` into ``--output_dir``, and prints
 the best checkpoint of each arm. Any further arguments (``--key value``) go to every train.py run.
 
@@ -153,6 +156,16 @@ def summarise(arms):
             epochs, seconds = spread([h["epoch"] for h in hits]), spread([h["seconds"] for h in hits])
             arm["to_target"] = {"epochs": epochs, "seconds": seconds, "epoch_ratio": epochs["mean"] / base_epochs,
                                 "time_ratio": seconds["mean"] / base_seconds}
+    for arm in arms[1:]:  # the other way round: how long the baseline takes to reach this arm's final top-1
+        level = arm["final_top1"]["mean"]
+        hits = [h for h in (reach(r["curve"], level) for r in base["runs"]) if h]
+        arm["baseline_to_final"] = {"top1": level, "reached_by": len(hits)}
+        if hits:
+            epochs, seconds = spread([h[0] for h in hits]), spread([h[1] for h in hits])
+            arm["baseline_to_final"].update(
+                epochs=epochs, seconds=seconds,
+                epoch_ratio=statistics.fmean(len(r["curve"]) for r in arm["runs"]) / epochs["mean"],
+                time_ratio=arm["run_seconds"]["mean"] / seconds["mean"])
     return target
 
 
@@ -181,6 +194,22 @@ def markdown(arms, target):
         speed = arm.get("img_per_s")
         row += f" {speed['mean']:.0f} ({speed['min']:.0f}-{speed['max']:.0f}) |" if speed else " - |"
         lines.append(row)
+    if len(arms) > 1:
+        lines += ["", f"The other way round: the epochs and wall-clock {base['name']} takes to reach each arm's mean "
+                  "final top-1, and the arm's schedule (epochs; mean wall-clock to its last evaluation) against them.",
+                  "", f"| arm | its final top-1 mean | {base['name']} reached it | its epochs to it mean (min-max) "
+                  "| its wall-clock to it mean (min-max) | arm's epochs / those | arm's wall-clock / that |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm in arms[1:]:
+            to = arm["baseline_to_final"]
+            row = f"| {arm['name']} | {to['top1']:.4f} | {to['reached_by']}/{len(base['runs'])} | "
+            if to["reached_by"]:
+                e, s = to["epochs"], to["seconds"]
+                row += (f"{e['mean']:.2f} ({e['min']}-{e['max']}) | {s['mean'] / 60:.1f} min ({s['min'] / 60:.1f}-"
+                        f"{s['max'] / 60:.1f}) | {to['epoch_ratio']:.2f} | {to['time_ratio']:.2f} |")
+            else:
+                row += "- | - | - | - |"
+            lines.append(row)
     runs = [r for arm in arms for r in arm["runs"]]
     epochs = max(len(r["curve"]) for r in runs)
     lines += ["", "Top-1 after each epoch (minutes since the run's start):", "",

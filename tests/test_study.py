@@ -35,6 +35,11 @@ def test_target_spread_and_ratios_by_hand():
     assert to["epoch_ratio"] == pytest.approx(1.5 / 4)  # to the baseline's 4-epoch schedule
     assert to["time_ratio"] == pytest.approx(215.0 / 410.0)  # to its mean wall-clock to the last evaluation
     assert slow["reached_by"] == 0 and slow["to_target"] is None
+    # the other way round: momentum reaches slow's final 0.61 at epochs 4 and 3 (400 s, 310 s), never thor's 0.675
+    back = slow["baseline_to_final"]
+    assert back["reached_by"] == 2 and back["epochs"]["mean"] == 3.5 and back["seconds"]["mean"] == 355.0
+    assert back["epoch_ratio"] == pytest.approx(2 / 3.5) and back["time_ratio"] == pytest.approx(180 / 355)
+    assert thor["baseline_to_final"] == {"top1": pytest.approx(0.675), "reached_by": 0}
     table = markdown(arms, target)
     assert momentum["img_per_s"]["mean"] == 250.0 and thor["img_per_s"]["min"] == 140.0 and slow["img_per_s"] is None
     assert "| thor | 1,2 | 2 | 0.6750 (0.6500-0.7000) | 0.0354 | 2/2 | 1.50 (1-2) | 3.6 min (2.3-4.8) | 0.38 | 0.52 " \
@@ -42,6 +47,8 @@ def test_target_spread_and_ratios_by_hand():
     assert "| momentum | 1,2 | 4 | 0.6400 (0.6200-0.6600) | 0.0283 | 1/2 | 3.00 (3-3) | 5.2 min (5.2-5.2) | 0.75 " \
         "| 0.76 | 250 (200-300) |" in table
     assert "| slow | 1 | 2 | 0.6100 (0.6100-0.6100) | 0.0000 | 0/1 | - | - | - | - | - |" in table
+    assert "| slow | 0.6100 | 2/2 | 3.50 (3-4) | 5.9 min (5.2-6.7) | 0.57 | 0.51 |" in table
+    assert "| thor | 0.6750 | 0/2 | - | - | - | - |" in table
     assert f"Study time: {(400 + 420 + 290 + 280 + 180) / 60:.1f} min" in table
 
 
