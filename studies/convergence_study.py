@@ -169,6 +169,16 @@ def summarise(arms):
     return target
 
 
+def _reach_cells(to):
+    """The four table cells of a reach (epochs and wall-clock, mean (min-max), and the two ratios); dashes for
+    None."""
+    if not to:
+        return "- | - | - | - |"
+    e, s = to["epochs"], to["seconds"]
+    return (f"{e['mean']:.2f} ({e['min']}-{e['max']}) | {s['mean'] / 60:.1f} min ({s['min'] / 60:.1f}-"
+            f"{s['max'] / 60:.1f}) | {to['epoch_ratio']:.2f} | {to['time_ratio']:.2f} |")
+
+
 def markdown(arms, target):
     base = arms[0]
     lines = [f"Target: the mean final top-1 of {base['name']} over its {len(base['runs'])} seed(s), {target:.4f}. "
@@ -185,12 +195,7 @@ def markdown(arms, target):
         row = (f"| {arm['name']} | {','.join(str(r['seed']) for r in arm['runs'])} | "
                f"{','.join(map(str, epochs))} | {f['mean']:.4f} ({f['min']:.4f}-{f['max']:.4f}) | {f['std']:.4f} | "
                f"{arm['reached_by']}/{len(arm['runs'])} | ")
-        if to:
-            e, s = to["epochs"], to["seconds"]
-            row += (f"{e['mean']:.2f} ({e['min']}-{e['max']}) | {s['mean'] / 60:.1f} min "
-                    f"({s['min'] / 60:.1f}-{s['max'] / 60:.1f}) | {to['epoch_ratio']:.2f} | {to['time_ratio']:.2f} |")
-        else:
-            row += "- | - | - | - |"
+        row += _reach_cells(to)
         speed = arm.get("img_per_s")
         row += f" {speed['mean']:.0f} ({speed['min']:.0f}-{speed['max']:.0f}) |" if speed else " - |"
         lines.append(row)
@@ -202,14 +207,8 @@ def markdown(arms, target):
                   "|---|---|---|---|---|---|---|"]
         for arm in arms[1:]:
             to = arm["baseline_to_final"]
-            row = f"| {arm['name']} | {to['top1']:.4f} | {to['reached_by']}/{len(base['runs'])} | "
-            if to["reached_by"]:
-                e, s = to["epochs"], to["seconds"]
-                row += (f"{e['mean']:.2f} ({e['min']}-{e['max']}) | {s['mean'] / 60:.1f} min ({s['min'] / 60:.1f}-"
-                        f"{s['max'] / 60:.1f}) | {to['epoch_ratio']:.2f} | {to['time_ratio']:.2f} |")
-            else:
-                row += "- | - | - | - |"
-            lines.append(row)
+            lines.append(f"| {arm['name']} | {to['top1']:.4f} | {to['reached_by']}/{len(base['runs'])} | "
+                         + _reach_cells(to if to["reached_by"] else None))
     runs = [r for arm in arms for r in arm["runs"]]
     epochs = max(len(r["curve"]) for r in runs)
     lines += ["", "Top-1 after each epoch (minutes since the run's start):", "",
