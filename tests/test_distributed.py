@@ -50,7 +50,7 @@ def test_two_workers_keep_identical_replicas_and_learn(optimizer, tmp_path):
         compared += 1
     assert compared > 40
     if optimizer == "Thor":
-        assert int(a["thor.updates"].asnumpy()) == 6 and any(k.endswith(".inverses") for k in a)
+        assert int(a["thor.updates"].asnumpy()) == 6 and any(k.endswith(".a_inv") for k in a)
     epochs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"epoch"' in l]
     epochs = [e for e in epochs if e["event"] == "epoch"]
     assert len(epochs) == 2 and all(np.isfinite(e["loss"]) for e in epochs)

@@ -16,7 +16,6 @@ from src.thor.blocks import (
     sample_block_gram,
 )
 from src.thor.capture import attach
-from src.thor.groups import factor_groups
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
 from src.train_step import TrainStep
@@ -170,26 +169,6 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
     np.testing.assert_allclose(both, dense_g @ g64 @ dense_a.T, rtol=1e-4, atol=1e-4)
 
 
-def test_factor_groups_by_block_size():
-    """Layers (d_in, d_out) = (27, 5), (5, 3), (16, 8) at split 8: A 4x8 (ragged), G 1x5; A 1x5, G 1x3; A 2x8,
-    G 1x8. Factors 2l (A) and 2l+1 (G) group by block size; ``order`` undoes the groups' concatenation; the
-    block -> factor matrix sums blocks per factor and the mask keeps the real (unpadded) diagonal entries."""
-    dims = [(27, 5), (5, 3), (16, 8)]
-    layouts = [(block_layout(d_in, 8), block_layout(d_out, 8)) for d_in, d_out in dims]
-    groups, order = factor_groups([a for a, _ in layouts], [g for _, g in layouts], dims)
-    assert [(g.b, g.factors, g.sections) for g in groups] == [(3, (3,), (1,)), (5, (2, 1), (1, 1)),
-                                                              (8, (0, 4, 5), (4, 2, 1))]
-    concat = np.concatenate([g.factors for g in groups])
-    np.testing.assert_array_equal(concat[order], np.arange(6))
-    eight = groups[2]
-    np.testing.assert_array_equal(eight.block_factor, [0, 0, 0, 0, 4, 4, 5])
-    np.testing.assert_array_equal(eight.onehot.sum(0), [4, 2, 1])
-    np.testing.assert_array_equal(eight.onehot @ np.arange(3), [0, 0, 0, 0, 1, 1, 2])
-    np.testing.assert_array_equal(eight.diag_mask.sum(1), [8, 8, 8, 3, 8, 8, 8])  # 27 = 3 x 8 + 3
-    np.testing.assert_array_equal(eight.is_g, [False] * 6 + [True])
-    np.testing.assert_array_equal(groups[1].is_g, [False, True])  # A of layer 1, then G of layer 0
-
-
 class _Inverse(nn.Cell):
     def construct(self, blocks, damping):
         return damped_inverse(blocks, damping)
@@ -258,8 +237,8 @@ def test_factors_and_preconditioned_gradient_match_numpy(split_dim):
 
     # statistics (block-diagonal part) in the optimizer state: layer 0 = conv, layer 1 = fc
     for l, name, d_in, d_out in [(0, "conv", C * 9, K), (1, "fc", K, CLASSES)]:
-        a = _blocks_to_dense(opt.layer_state(l)["a"], d_in)
-        g = _blocks_to_dense(opt.layer_state(l)["g"], d_out)
+        a = _blocks_to_dense(opt.a_avg[l].asnumpy(), d_in)
+        g = _blocks_to_dense(opt.g_avg[l].asnumpy(), d_out)
         mask_a, mask_g = _block_mask(d_in, split_dim), _block_mask(d_out, split_dim)
         assert rel(a, ref[f"A_{name}"] * mask_a) < 1e-4, name
         assert rel(g, ref[f"G_{name}"] * mask_g) < 1e-4, name
@@ -297,13 +276,12 @@ def test_kl_clip_scales_preconditioned_updates_by_nu():
 def test_factor_decay_keeps_a_running_average():
     _, opt, trainer = _build(8, lr=0.1, steps=2, factor_decay=0.75)
     trainer(*map(Tensor, _data(seed=0)))
-    first_a, first_g = opt.layer_state(0)["a"].copy(), opt.layer_state(1)["g"].copy()
+    first_a, first_g = opt.a_avg[0].asnumpy().copy(), opt.g_avg[1].asnumpy().copy()
     np.testing.assert_allclose(first_a, opt.a_stat[0].asnumpy(), rtol=1e-6)  # first update: no history
     trainer(*map(Tensor, _data(seed=1)))
-    np.testing.assert_allclose(opt.layer_state(0)["a"], 0.75 * first_a + 0.25 * opt.a_stat[0].asnumpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(opt.a_avg[0].asnumpy(), 0.75 * first_a + 0.25 * opt.a_stat[0].asnumpy(), rtol=1e-5)
     g_new = opt.g_stat[1].asnumpy() / 8.0 ** 2  # the hook stores S^2 * G
-    np.testing.assert_allclose(opt.layer_state(1)["g"], 0.75 * first_g + 0.25 * g_new, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(opt.g_avg[1].asnumpy(), 0.75 * first_g + 0.25 * g_new, rtol=1e-5, atol=1e-9)
 
 
 def test_loss_scale_does_not_change_the_thor_step():
@@ -322,11 +300,11 @@ def test_statistics_and_inverses_change_only_on_update_steps():
     for step in range(7):
         x, y = _data(seed=step)
         before_stat = opt.a_stat[0].asnumpy().copy()
-        before_inv = opt.layer_state(0)["a_inv"].copy(), opt.layer_state(1)["g_inv"].copy()
+        before_inv = opt.a_inv[0].asnumpy().copy(), opt.g_inv[1].asnumpy().copy()
         trainer(Tensor(x), Tensor(y))
         changed_stats.append(not np.array_equal(before_stat, opt.a_stat[0].asnumpy()))
-        changed_inv.append(not np.array_equal(before_inv[0], opt.layer_state(0)["a_inv"])
-                           and not np.array_equal(before_inv[1], opt.layer_state(1)["g_inv"]))
+        changed_inv.append(not np.array_equal(before_inv[0], opt.a_inv[0].asnumpy())
+                           and not np.array_equal(before_inv[1], opt.g_inv[1].asnumpy()))
     expected = [True, False, False, True, False, False, True]
     assert changed_stats == expected
     assert changed_inv == expected
@@ -349,10 +327,10 @@ def test_trace_rule_refreshes_keeps_and_freezes():
         x, y = _data(seed=step)
         trainer(Tensor(x), Tensor(y))
         if step == 0:
-            first = opt.layer_state(0)["a_inv"].copy()
+            first = opt.a_inv[0].asnumpy().copy()
             assert trainer.last_update == (0, 2)
     assert trainer.last_update == (2, 0)
-    np.testing.assert_array_equal(opt.layer_state(0)["a_inv"], first)
+    np.testing.assert_array_equal(opt.a_inv[0].asnumpy(), first)
     # w1 = 0: every change refreshes; w2 huge: every layer freezes after its first update
     _, opt, trainer = _build(8, lr=0.1, steps=3, mode="trace", w1=0.0, w2=0.0)
     for step in range(3):
@@ -362,7 +340,7 @@ def test_trace_rule_refreshes_keeps_and_freezes():
     for step in range(3):
         trainer(*map(Tensor, _data(seed=step)))
     assert trainer.last_update == (2, 0)
-    assert all(opt.layer_state(l)["flags"][1] == 1.0 for l in range(2))
+    assert all(opt.layer_flags[l].asnumpy()[1] == 1.0 for l in range(2))
 
 
 def _ill_conditioned_batches(steps, seed=0, batch=16):
@@ -409,17 +387,17 @@ def test_non_finite_factor_keeps_the_last_good_inverse():
     warnings = []
     trainer.warn = warnings.append
     trainer(*map(Tensor, _data(seed=0)))
-    good_a, good_inv = opt.layer_state(0)["a"].copy(), opt.layer_state(0)["a_inv"].copy()
-    fc_inv = opt.layer_state(1)["g_inv"].copy()
+    good_a, good_inv = opt.a_avg[0].asnumpy().copy(), opt.a_inv[0].asnumpy().copy()
+    fc_inv = opt.g_inv[1].asnumpy().copy()
     assert np.isfinite(good_inv).all() and np.allclose(good_a, good_a.transpose(0, 2, 1))
     x, y = _data(seed=1)
     x[0, 0, 2, 2] = 1e20
     loss, overflow, _ = trainer(Tensor(x), Tensor(y))
     assert not bool(overflow.asnumpy())  # gradients were finite: the step was taken
     assert not np.isfinite(opt.a_stat[0].asnumpy()).all()  # the captured statistic did overflow
-    np.testing.assert_array_equal(opt.layer_state(0)["a"], good_a)
-    np.testing.assert_array_equal(opt.layer_state(0)["a_inv"], good_inv)
-    assert not np.array_equal(opt.layer_state(1)["g_inv"], fc_inv)  # the fc layer refreshed
+    np.testing.assert_array_equal(opt.a_avg[0].asnumpy(), good_a)
+    np.testing.assert_array_equal(opt.a_inv[0].asnumpy(), good_inv)
+    assert not np.array_equal(opt.g_inv[1].asnumpy(), fc_inv)  # the fc layer refreshed
     assert int(opt.thor_nonfinite.asnumpy()) == 1 and trainer.last_update == (1, 1)
     assert all(np.isfinite(p.asnumpy()).all() for p in net.trainable_params())
     assert len(warnings) == 1 and "1 layer(s) had non-finite factors" in warnings[0]

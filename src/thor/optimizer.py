@@ -42,9 +42,6 @@ On *every* step:
   parameters of layers that are not preconditioned (BN, biases, skipped layers) take the plain
   momentum step.
 
-The refresh works on the factors of all layers at once, one op per group of factors of one block size
-(groups.py); the state stays one parameter per layer and factor.
-
 Which of the two is compiled is fixed by the Python flag ``thor_update`` at compile time (trainer.py
 compiles two graphs); the non-update graph holds no statistics, inversion or trace work.
 """
@@ -55,10 +52,15 @@ from mindspore.context import ParallelMode
 from mindspore.nn.optim.momentum import _momentum_opt
 from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
 
-from src.thor.blocks import apply_left, apply_right, block_diagonal, damped_inverse
-from src.thor.groups import factor_groups
+from src.thor.blocks import apply_left, apply_right, block_diagonal, block_trace, damped_inverse
+from src.train_step import _grad_sum_tensor
 
-_MATMUL_TA = ops.MatMul(transpose_a=True)
+
+def _all_finite(x):
+    """True when every element of ``x`` is finite, as the finiteness of its sum (one matrix-vector product;
+    the CPU ``isfinite(x).all()`` reduction is several times slower). A sum of finite float32 values that
+    overflows counts as non-finite, which for a factor or an inverse is as unusable."""
+    return ops.isfinite(_grad_sum_tensor(x))
 
 
 def _pick(cond, new, old):
@@ -66,21 +68,6 @@ def _pick(cond, new, old):
     more memory in the compiled graph (19 MiB against 6 MiB per use on a 36 x 128 x 128 factor;
     python -m benchmarks.thor_ops)."""
     return ops.where(ops.broadcast_to(cond, old.shape), new, old)
-
-
-def _pick_blocks(cond, new, old):
-    """Per block of ``new`` / ``old`` (nb, b, b): ``new`` where ``cond`` (nb,) is 1.0, else ``old``."""
-    return ops.where(ops.broadcast_to(ops.reshape(cond > 0.5, (-1, 1, 1)), old.shape), new, old)
-
-
-def _nonfinite_blocks(blocks):
-    """(nb, 1): 1.0 for each block of ``blocks`` (nb, b, b) holding a non-finite value, else 0.0. Tested as the
-    finiteness of the block's sum, one matrix-vector product (the CPU ``isfinite(x).all()`` reduction is several
-    times slower); a sum of finite values that overflows counts as non-finite, which for a factor or an inverse
-    is as unusable."""
-    nb, b, _ = blocks.shape
-    sums = ops.matmul(ops.reshape(blocks, (nb, b * b)), ops.ones((b * b, 1), ms.float32))
-    return ops.cast(ops.logical_not(ops.isfinite(sums)), ms.float32)
 
 
 def _eye_blocks(nb, b):
@@ -120,39 +107,25 @@ class Thor(nn.Momentum):
         self.a_layout = tuple(cell.thor_a_layout for cell in layers)
         self.g_layout = tuple(cell.thor_g_layout for cell in layers)
         self.dims = tuple(cell.thor_dims for cell in layers)
-        groups, order = factor_groups(self.a_layout, self.g_layout, self.dims)
-        self.block_sizes = tuple(g.b for g in groups)
-        self.group_a_layers = tuple(g.a_layers for g in groups)
-        self.group_g_layers = tuple(g.g_layers for g in groups)
-        self.group_block_factor = tuple(Tensor(g.block_factor) for g in groups)
-        self.group_onehot = tuple(Tensor(g.onehot) for g in groups)
-        self.group_diag_mask = tuple(Tensor(g.diag_mask) for g in groups)
-        self.group_is_g = tuple(Tensor(g.is_g.reshape(-1, 1, 1)) for g in groups)
-        self.factor_order = Tensor(order)                                          # see groups.factor_groups
-        self.factor_layer = Tensor(np.arange(2 * len(layers), dtype=np.int32) // 2)  # factor -> its layer
-        self.layer_size = Tensor(np.asarray([d_in * d_out for d_in, d_out in self.dims], np.float32))
-        # where each factor's blocks sit in its group's state: factor f -> (group, first block, blocks, size)
-        where = {}
-        for k, g in enumerate(groups):
-            for f, start, nb in zip(g.factors, np.cumsum((0,) + g.sections[:-1]), g.sections):
-                where[f] = (k, int(start), nb, g.b)
-        self.factor_place = tuple(where[f] for f in range(2 * len(layers)))
+
+        def state(suffix, layout_of, init):
+            return ParameterTuple([Parameter(init(*layout_of(c)), name=f"thor.{c.thor_name}.{suffix}",
+                                             requires_grad=False) for c in layers])
+
+        def zeros(nb, b):
+            return Tensor(np.zeros((nb, b, b), np.float32))
 
         self.a_stat = ParameterTuple([c.thor_a for c in layers])
         self.positions = ParameterTuple([c.thor_positions for c in layers])
         self.g_stat = ParameterTuple([c.thor_g for c in layers])
-        # the state, one parameter per block size (groups.py): the factors (running averages with factor_decay)
-        # and the inverses of all layers' A and G blocks of that size, in the group's order
-        self.factor_state = ParameterTuple([
-            Parameter(Tensor(np.zeros((g.num_blocks, g.b, g.b), np.float32)), name=f"thor.blocks{g.b}.factors",
-                      requires_grad=False) for g in groups])
-        self.inverse_state = ParameterTuple([
-            Parameter(_eye_blocks(g.num_blocks, g.b), name=f"thor.blocks{g.b}.inverses", requires_grad=False)
-            for g in groups])
-        n = len(layers)
-        self.trace_ref = Parameter(Tensor(np.ones((n, 2), np.float32)), name="thor.trace_ref", requires_grad=False)
-        self.layer_flags = Parameter(Tensor(np.zeros((n, 2), np.float32)), name="thor.layer_flags",
-                                     requires_grad=False)  # per layer [seen, frozen]
+        self.a_avg = state("a", lambda c: c.thor_a_layout, zeros)
+        self.g_avg = state("g", lambda c: c.thor_g_layout, zeros)
+        self.a_inv = state("a_inv", lambda c: c.thor_a_layout, _eye_blocks)
+        self.g_inv = state("g_inv", lambda c: c.thor_g_layout, _eye_blocks)
+        self.trace_ref = ParameterTuple([Parameter(Tensor(np.ones(2, np.float32)), name=f"thor.{c.thor_name}.trace_ref",
+                                                   requires_grad=False) for c in layers])
+        self.layer_flags = ParameterTuple([Parameter(Tensor(np.zeros(2, np.float32)), name=f"thor.{c.thor_name}.flags",
+                                                     requires_grad=False) for c in layers])  # [seen, frozen]
         self.thor_refreshed = Parameter(Tensor(0, ms.int32), name="thor.refreshed", requires_grad=False)
         self.thor_updates = Parameter(Tensor(0, ms.int32), name="thor.updates", requires_grad=False)
         # layer refreshes that fell back to the last good factors/inverse because of a non-finite value
@@ -166,138 +139,72 @@ class Thor(nn.Momentum):
 
     def state_bytes(self):
         """Bytes of THOR state (statistics, factors, inverses), the part Momentum does not have."""
-        tuples = (self.a_stat, self.g_stat, self.factor_state, self.inverse_state)
+        tuples = (self.a_stat, self.g_stat, self.a_avg, self.g_avg, self.a_inv, self.g_inv)
         return int(sum(p.size * 4 for t in tuples for p in t))
 
-    def layer_state(self, l):
-        """NumPy copies of layer ``l``'s factors and inverses (``a``, ``g``, ``a_inv``, ``g_inv``: its blocks
-        (nb, b, b)), ``trace_ref`` and ``flags`` ([seen, frozen]); for tests and inspection."""
-        out = {"trace_ref": self.trace_ref.asnumpy()[l], "flags": self.layer_flags.asnumpy()[l]}
-        for side, f in (("a", 2 * l), ("g", 2 * l + 1)):
-            k, start, nb, _ = self.factor_place[f]
-            out[side] = self.factor_state[k].asnumpy()[start:start + nb]
-            out[side + "_inv"] = self.inverse_state[k].asnumpy()[start:start + nb]
-        return out
-
-    def legacy_state(self, params):
-        """``params`` (a checkpoint's dict) with THOR state saved per layer (``thor.<layer>.a``, ``.g``,
-        ``.a_inv``, ``.g_inv``, ``.trace_ref``, ``.flags``, as this optimizer kept it before grouping by block
-        size) packed into the grouped parameters; ``params`` unchanged when it has grouped state already or no
-        per-layer state."""
-        names = [c.thor_name for c in self.thor_layers]
-        if self.trace_ref.name in params or f"thor.{names[0]}.a_inv" not in params:
-            return params
-        out = dict(params)
-        for state, suffixes in ((self.factor_state, ("a", "g")), (self.inverse_state, ("a_inv", "g_inv"))):
-            for k in range(len(self.block_sizes)):
-                parts = [params[f"thor.{names[l]}.{suffixes[0]}"].asnumpy() for l in self.group_a_layers[k]]
-                parts += [params[f"thor.{names[l]}.{suffixes[1]}"].asnumpy() for l in self.group_g_layers[k]]
-                out[state[k].name] = Parameter(Tensor(np.concatenate(parts)), name=state[k].name)
-        for param, suffix in ((self.trace_ref, "trace_ref"), (self.layer_flags, "flags")):
-            rows = np.stack([params[f"thor.{name}.{suffix}"].asnumpy() for name in names])
-            out[param.name] = Parameter(Tensor(rows), name=param.name)
-        return out
-
-    def _statistics(self, k, after):
-        """This step's statistics of group ``k``'s factors (A of its a_layers, then G of its g_layers) along the
-        block axis, each read after ``after``."""
-        parts = ()
-        for l in self.group_a_layers[k]:
-            parts = parts + (ops.depend(self.a_stat[l], after),)
-        for l in self.group_g_layers[k]:
-            parts = parts + (ops.depend(self.g_stat[l], after),)
-        if len(parts) == 1:
-            return parts[0]
-        return ops.concat(parts, 0)
-
-    def _per_factor(self, parts):
-        """Per-group (factors_k, 1) columns -> (L, 2) in layer order: column 0 the layer's A, 1 its G."""
-        column = ops.reshape(ops.concat(parts, 0), (-1,)) if len(parts) > 1 else ops.reshape(parts[0], (-1,))
-        return ops.reshape(ops.gather(column, self.factor_order, 0), (self.num_layers, 2))
-
     def _refresh(self, damping, gradients):
-        """Update factors and inverses from this step's statistics (update graph only): one op per group of
-        factors of one block size (groups.py), the per-layer decisions on (L,) vectors."""
+        """Update factors and inverses from this step's statistics (update graph only)."""
         inv_scale2 = 1.0 / (self.loss_scale_ref * self.loss_scale_ref)
         rho = self.factor_decay
-        flags = self.layer_flags
-        seen = flags[:, 0] > 0.5
-        frozen = flags[:, 1] > 0.5
-        seen_f = ops.gather(flags[:, 0], self.factor_layer, 0)  # (2L,) 1.0 where the factor's layer was seen
-        if self.split_damping:  # the mindspore convention: lambda / T on A, lambda * T on G
-            rows = ()
-            for l in range(self.num_layers):
-                rows = rows + (ops.depend(self.positions[l], gradients),)
-            positions = ops.stack(rows)
-            shift_f = ops.reshape(ops.sqrt(ops.stack([damping / positions, damping * positions], 1)), (-1,))
-        else:
-            shift = ops.sqrt(damping)
-        blended, inverses, bad, bad_inv, traces = (), (), (), (), ()
-        for k in range(len(self.block_sizes)):
-            block_factor = self.group_block_factor[k]
-            new = self._statistics(k, gradients)
-            new = new * ops.where(self.group_is_g[k], inv_scale2, 1.0)  # the hook stores S^2 * G
+        sqrt_damping = ops.sqrt(damping)
+        count = ops.zeros((), ms.float32)
+        bad = ops.zeros((), ms.float32)
+        for l in range(self.num_layers):
+            a_new = ops.depend(self.a_stat[l], gradients)
+            g_new = ops.depend(self.g_stat[l], gradients) * inv_scale2
             if self.allreduce is not None:
-                new = self.allreduce(new) / self.group_size
-            x = new
+                a_new = self.allreduce(a_new) / self.group_size
+                g_new = self.allreduce(g_new) / self.group_size
+            flags = self.layer_flags[l]
+            seen = flags[0] > 0.5
+            frozen = flags[1] > 0.5
             if rho > 0.0:
-                old = self.factor_state[k]
-                x = _pick_blocks(ops.gather(seen_f, block_factor, 0), rho * old + (1.0 - rho) * new, new)
+                a = _pick(seen, rho * self.a_avg[l] + (1.0 - rho) * a_new, a_new)
+                g = _pick(seen, rho * self.g_avg[l] + (1.0 - rho) * g_new, g_new)
+            else:
+                a = a_new
+                g = g_new
+            factors_ok = ops.logical_and(_all_finite(a), _all_finite(g))
             # the solver must see finite blocks; a layer with a non-finite factor keeps its last inverse anyway
-            x_in = ops.nan_to_num(x, 0.0, 0.0, 0.0)
-            diag = block_diagonal(x_in)
-            if self.split_damping:
-                shift = ops.reshape(ops.gather(shift_f, block_factor, 0), (-1, 1, 1))
-            inv = damped_inverse(x_in, shift, diag)
-            onehot = self.group_onehot[k]
-            bad = bad + (_MATMUL_TA(onehot, _nonfinite_blocks(x)),)
-            bad_inv = bad_inv + (_MATMUL_TA(onehot, _nonfinite_blocks(inv)),)
-            b = self.block_sizes[k]
-            block_traces = ops.matmul(diag * self.group_diag_mask[k], ops.ones((b, 1), ms.float32))
-            traces = traces + (_MATMUL_TA(onehot, block_traces),)
-            blended, inverses = blended + (x,), inverses + (inv,)
-        bad = self._per_factor(bad)
-        factors_ok = (bad[:, 0] + bad[:, 1]) < 0.5
-        bad_inv = self._per_factor(bad_inv)
-        finite = ops.logical_and(factors_ok, (bad_inv[:, 0] + bad_inv[:, 1]) < 0.5)
-        tr = self._per_factor(traces)  # equal to the factors' traces whenever a layer refreshes
-        ref = self.trace_ref
-        refresh = finite
-        new_frozen = frozen
-        if self.trace_mode:
-            extra = damping * self.layer_size
-            tr_new = tr[:, 0] * tr[:, 1] + extra
-            tr_prev = ref[:, 0] * ref[:, 1] + extra
-            delta = ops.abs(tr_new - tr_prev) / tr_prev
-            changed = ops.logical_or(ops.logical_not(seen), delta > self.trace_w1)
-            settled = ops.logical_and(ops.logical_and(seen, factors_ok), delta < self.trace_w2)
-            new_frozen = ops.logical_or(frozen, settled)
-            refresh = ops.logical_and(refresh, ops.logical_and(changed, ops.logical_not(frozen)))
-        keep_factors = ops.logical_and(ops.logical_not(frozen), factors_ok)
-        keep_f = ops.gather(ops.cast(keep_factors, ms.float32), self.factor_layer, 0)
-        refresh_f = ops.gather(ops.cast(refresh, ms.float32), self.factor_layer, 0)
-        for k in range(len(self.block_sizes)):
-            block_factor = self.group_block_factor[k]
-            factors, inverse = self.factor_state[k], self.inverse_state[k]
-            ops.assign(factors, _pick_blocks(ops.gather(keep_f, block_factor, 0), blended[k], factors))
-            ops.assign(inverse, _pick_blocks(ops.gather(refresh_f, block_factor, 0), inverses[k], inverse))
-        ops.assign(self.trace_ref, _pick(ops.reshape(refresh, (-1, 1)), tr, ref))
-        ops.assign(self.layer_flags, ops.stack([ops.ones((self.num_layers,), ms.float32),
-                                                ops.cast(new_frozen, ms.float32)], 1))
-        count = ops.cast(refresh, ms.float32).sum()
-        nonfinite = ops.cast(ops.logical_not(finite), ms.float32).sum()
+            a_in = ops.nan_to_num(a, 0.0, 0.0, 0.0)
+            g_in = ops.nan_to_num(g, 0.0, 0.0, 0.0)
+            diag_a, diag_g = block_diagonal(a_in), block_diagonal(g_in)
+            if self.split_damping:  # the mindspore convention: lambda / T on A, lambda * T on G
+                positions = ops.depend(self.positions[l], gradients)
+                a_inv = damped_inverse(a_in, ops.sqrt(damping / positions), diag_a)
+                g_inv = damped_inverse(g_in, ops.sqrt(damping * positions), diag_g)
+            else:
+                a_inv = damped_inverse(a_in, sqrt_damping, diag_a)
+                g_inv = damped_inverse(g_in, sqrt_damping, diag_g)
+            finite = ops.logical_and(factors_ok, ops.logical_and(_all_finite(a_inv), _all_finite(g_inv)))
+            refresh = finite
+            d_in, d_out = self.dims[l]
+            tr_a = block_trace(a_in, d_in, diag_a)  # equal to a's trace whenever the layer refreshes
+            tr_g = block_trace(g_in, d_out, diag_g)
+            new_frozen = frozen
+            if self.trace_mode:
+                extra = damping * float(d_in * d_out)
+                tr_new = tr_a * tr_g + extra
+                ref = self.trace_ref[l]
+                tr_prev = ref[0] * ref[1] + extra
+                delta = ops.abs(tr_new - tr_prev) / tr_prev
+                changed = ops.logical_or(ops.logical_not(seen), delta > self.trace_w1)
+                settled = ops.logical_and(ops.logical_and(seen, factors_ok), delta < self.trace_w2)
+                new_frozen = ops.logical_or(frozen, settled)
+                refresh = ops.logical_and(refresh, ops.logical_and(changed, ops.logical_not(frozen)))
+            keep_factors = ops.logical_and(ops.logical_not(frozen), factors_ok)
+            ops.assign(self.a_avg[l], _pick(keep_factors, a, self.a_avg[l]))
+            ops.assign(self.g_avg[l], _pick(keep_factors, g, self.g_avg[l]))
+            ops.assign(self.a_inv[l], _pick(refresh, a_inv, self.a_inv[l]))
+            ops.assign(self.g_inv[l], _pick(refresh, g_inv, self.g_inv[l]))
+            ops.assign(self.trace_ref[l], _pick(refresh, ops.stack([tr_a, tr_g]), self.trace_ref[l]))
+            ops.assign(self.layer_flags[l], ops.stack([ops.ones((), ms.float32),
+                                                       ops.cast(new_frozen, ms.float32)]))
+            count = count + ops.cast(refresh, ms.float32)
+            bad = bad + ops.cast(ops.logical_not(finite), ms.float32)
         ops.assign(self.thor_updates, self.thor_updates + 1)
-        ops.assign(self.thor_nonfinite, self.thor_nonfinite + ops.cast(nonfinite, ms.int32))
+        ops.assign(self.thor_nonfinite, self.thor_nonfinite + ops.cast(bad, ms.int32))
         return ops.assign(self.thor_refreshed, ops.cast(count, ms.int32))
-
-    def _inverse_of(self, f):
-        """The inverse blocks (nb, b, b) of factor ``f`` (2 l: A of layer l, 2 l + 1: its G), cut from its group's
-        state."""
-        k, start, nb, b = self.factor_place[f]
-        inv = self.inverse_state[k]
-        if inv.shape[0] == nb:
-            return inv
-        return ops.slice(inv, (start, 0, 0), (nb, b, b))
 
     def _precondition(self, gradients):
         out = ()
@@ -309,8 +216,8 @@ class Thor(nn.Momentum):
                 nba, ba = self.a_layout[l]
                 nbg, bg = self.g_layout[l]
                 g2 = ops.reshape(g, (o, -1))
-                g2 = apply_right(g2, self._inverse_of(2 * l), nba, ba)
-                g2 = apply_left(self._inverse_of(2 * l + 1), g2, nbg, bg)
+                g2 = apply_right(g2, self.a_inv[l], nba, ba)
+                g2 = apply_left(self.g_inv[l], g2, nbg, bg)
                 g = ops.reshape(g2, self.weight_shapes[l])
             out = out + (g,)
         return out
