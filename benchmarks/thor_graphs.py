@@ -73,18 +73,19 @@ def measure(arm, args):
 
 
 def row(name, files):
-    nodes, counts, sizes, per_graph = 0, collections.Counter(), collections.Counter(), []
+    nodes, counts, sizes, per_graph, mib_per_graph = 0, collections.Counter(), collections.Counter(), [], []
     for path in files:
         n, c, s = summarise_ir(path)
         nodes += n
         per_graph.append(n)
         counts.update(c)
         sizes.update(s)
+        mib_per_graph.append(sum(v for op, v in s.items() if op not in ALIASES) / 2 ** 20)
     for alias in ALIASES:
         sizes.pop(alias, None)
     top = ", ".join(f"{op} {counts[op]} x {b / 2 ** 20:.0f}" for op, b in sizes.most_common(4))
     return {"step": name, "kernel_graphs": len(files), "nodes": nodes, "nodes_per_graph": per_graph,
-            "output_mib": sum(sizes.values()) / 2 ** 20,
+            "output_mib": sum(sizes.values()) / 2 ** 20, "output_mib_per_graph": mib_per_graph,
             "reshape_nodes": counts["PrimFunc_Reshape"], "top_ops_mib": top}
 
 
@@ -102,10 +103,13 @@ def main(argv=None):
             files = child_result("benchmarks.thor_graphs", [*passed, "--arm", arm], f"the {arm} process", env=dump)
             rows += [row(name, paths) for name, paths in files.items()]
     write_json(args.output, {"host": host_info(), "args": vars(args), "result": rows})
-    header = ["step", "nodes (per kernel graph)", "output MiB (aliases excluded)", "Reshape nodes",
+    header = ["step", "nodes (per kernel graph)", "output MiB, aliases excluded (per kernel graph)", "Reshape nodes",
               "op types holding most (count x MiB)"]
-    print(markdown_table(header, [[r["step"], f"{r['nodes']} ({' + '.join(map(str, r['nodes_per_graph']))})",
-                                   f"{r['output_mib']:.0f}", r["reshape_nodes"], r["top_ops_mib"]] for r in rows]))
+    def parts(total, each):
+        return f"{total} ({' + '.join(map(str, each))})"
+    print(markdown_table(header, [[r["step"], parts(r["nodes"], r["nodes_per_graph"]),
+                                   parts(f"{r['output_mib']:.0f}", [f"{m:.0f}" for m in r["output_mib_per_graph"]]),
+                                   r["reshape_nodes"], r["top_ops_mib"]] for r in rows]))
     print(f"\nwritten {args.output}")
     return rows
 

@@ -34,6 +34,8 @@ OPS = {
     "inverse of 36 blocks: ops.inverse": ("factor", "avoided"),
     "inverse of 36 blocks: MatrixSolve(B, I) (LU with partial pivoting)": ("factor", "used"),
     "inverse of 36 blocks: cholesky + triangular solve + bmm": ("factor", "avoided"),
+    "KL clip's <D, dW>: (D * dW).sum()": ("grad", "avoided"),
+    "KL clip's <D, dW>: one matrix-vector product": ("grad", "used"),
 }
 
 
@@ -42,6 +44,7 @@ def _op(name):
     from mindspore import ops
 
     from src.thor.blocks import _cut_to, _pad_to, apply_left, apply_right
+    from src.thor.optimizer import _dot
     from src.train_step import _grad_sum_tensor
 
     tri = ops.MatrixTriangularSolve(lower=True)
@@ -95,8 +98,14 @@ def _op(name):
     def solve_inv(m, e):
         return solve(m, e)
 
+    def dot_sum(x, a):
+        return x + (x * (x + 1.0)).sum()
+
+    def dot_matvec(x, a):
+        return x + ops.reshape(_dot(x, x + 1.0), ())
+
     fns = [transpose_only, blocks_t, right_conv, left_bmm, pad_op, pad_concat, cut_strided, cut_slice,
-           where_scalar, where_full, finite_all, finite_sum, lu_inv, solve_inv, chol_inv]
+           where_scalar, where_full, finite_all, finite_sum, lu_inv, solve_inv, chol_inv, dot_sum, dot_matvec]
     table = dict(zip(OPS, fns))
     return table[name]
 

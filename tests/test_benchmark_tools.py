@@ -28,6 +28,7 @@ def test_summarise_ir_counts_nodes_and_output_bytes(tmp_path):
     summary = row("step", [str(path)])
     assert summary["nodes"] == 5 and summary["reshape_nodes"] == 1
     assert summary["output_mib"] * 2 ** 20 == 64 + 64 + 33  # Load aliases its parameter
+    assert summary["output_mib_per_graph"] == [summary["output_mib"]]
 
 
 def test_graph_files_are_in_build_order(tmp_path):

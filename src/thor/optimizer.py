@@ -63,6 +63,12 @@ def _all_finite(x):
     return ops.isfinite(_grad_sum_tensor(x))
 
 
+def _dot(x, y):
+    """<x, y> (sum of the elementwise product) as one (1, n) @ (n, 1) matrix product: no product tensor is
+    formed and the CPU ReduceSum kernel is avoided (python -m benchmarks.thor_ops)."""
+    return ops.matmul(ops.reshape(x, (1, -1)), ops.reshape(y, (-1, 1)))
+
+
 def _pick(cond, new, old):
     """``where(cond, new, old)`` for a scalar ``cond``, broadcast first: on CPU a Select that broadcasts holds
     more memory in the compiled graph (19 MiB against 6 MiB per use on a 36 x 128 x 128 factor;
@@ -226,7 +232,7 @@ class Thor(nn.Momentum):
         vg = ops.zeros((), ms.float32)
         for i in range(len(self.param_layer)):
             if self.param_layer[i] >= 0:
-                vg = vg + (new_grads[i] * gradients[i]).sum()
+                vg = vg + ops.reshape(_dot(new_grads[i], gradients[i]), ())
         vg = vg * lr * lr
         nu = ops.minimum(ops.ones((), ms.float32), ops.sqrt(self.kl_clip / ops.maximum(vg, 1e-30)))
         out = ()
