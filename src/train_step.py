@@ -85,6 +85,11 @@ class TrainStep(nn.Cell):
         """Called after a checkpoint is loaded."""
 
     def construct(self, image, label):
+        loss, grads, finite, scale = self.gradients(image, label)
+        return self.apply(loss, grads, finite, scale)
+
+    def gradients(self, image, label):
+        """The first half of the step: ``(loss, unscaled gradients, all finite, loss scale used)``."""
         loss = self.network(image, label)
         scale = self.loss_scale * 1.0  # the value used in this step (read before any update)
         sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
@@ -93,6 +98,11 @@ class TrainStep(nn.Cell):
             grads = self.reducer(grads)
         grads = self.hyper_map(ops.partial(_unscale, scale), grads)
         finite = ops.isfinite(ops.stack(self.hyper_map(_grad_sum, grads))).all()
+        return loss, grads, finite, scale
+
+    def apply(self, loss, grads, finite, scale):
+        """The second half: the optimizer step when the gradients are finite, then the loss-scale update.
+        Returns ``(loss, overflow, scale)``."""
         overflow = ops.logical_not(finite)
         if finite:
             loss = ops.depend(loss, self.optimizer(grads))

@@ -143,3 +143,41 @@ def apply_left(inv: Tensor, grad: Tensor, nb: int, b: int) -> Tensor:
     rows = ops.reshape(_pad_to(grad, 0, nb * b), (nb, b, d))
     out = ops.reshape(ops.bmm(inv, rows), (nb * b, d))
     return _cut_to(out, o, d)
+
+
+def _reshape(x, shape):
+    """``x`` in ``shape``, with no node when it has that shape already."""
+    shape = tuple(shape)
+    return x if tuple(x.shape) == shape else ops.reshape(x, shape)
+
+
+def precondition(grad: Tensor, inv_a: Tensor, inv_g: Tensor, a_layout, g_layout) -> Tensor:
+    """``blockdiag(inv_g) @ grad @ blockdiag(inv_a)^T`` for a weight gradient ``grad`` (O, ...) seen as (O, D),
+    returned in ``grad``'s shape: ``apply_left(inv_g, apply_right(grad, inv_a))`` with fewer layout copies.
+
+    Every reshape is a kernel whose output the CPU graph holds, the size of the gradient, so where the blocks
+    tile a side exactly the products go from layout to layout directly: the gradient to (O, D, 1, 1) for the
+    grouped convolution, its output to (nb_G, b_G, D) for the batched matmul, that output to ``grad``'s shape;
+    three reshapes of the gradient instead of the seven of the 2-D functions above. A ragged side (zero-padded
+    blocks) goes through the 2-D form."""
+    shape = tuple(grad.shape)
+    o = shape[0]
+    d = 1
+    for n in shape[1:]:
+        d *= n
+    nba, ba = a_layout
+    nbg, bg = g_layout
+    if nba == 1:
+        right = _MATMUL_TB(_reshape(grad, (o, d)), ops.reshape(inv_a, (ba, ba)))
+    elif nba * ba == d:
+        right = ops.conv2d(_reshape(grad, (o, d, 1, 1)), ops.reshape(inv_a, (d, ba, 1, 1)), groups=nba)
+    else:
+        right = apply_right(_reshape(grad, (o, d)), inv_a, nba, ba)
+    if nbg == 1:
+        out = ops.matmul(ops.reshape(inv_g, (bg, bg)), _reshape(right, (o, d)))
+    elif nbg * bg == o:
+        out = ops.bmm(inv_g, _reshape(right, (nbg, bg, d)))
+    else:
+        out = apply_left(inv_g, _reshape(right, (o, d)), nbg, bg)
+    return _reshape(out, shape)
+

@@ -1,18 +1,45 @@
-"""The THOR training cell: two compiled graphs over one model, picked per step in Python.
+"""The THOR training cell: graphs over one model, picked per step in Python.
 
-``update`` graph (compiled with thor_capture / thor_update True): forward with A capture, backward with G
-capture, factor and inverse refresh, preconditioned momentum step.
-``plain`` graph: forward, backward, preconditioning with the stored inverses, momentum step; it holds no
-statistics work, so a non-update step costs about what a Momentum step costs.
+``plain`` step, one graph: forward, backward, preconditioning with the stored inverses, momentum step; it holds
+no statistics work, so a non-update step costs about what a Momentum step costs.
+``update`` step, two graphs run one after the other (compiled with thor_capture / thor_update True): first the
+forward with A capture and the backward with G capture, which returns the gradients; then the factor and
+inverse refresh and the preconditioned momentum step (TrainStep.gradients and TrainStep.apply, the two halves
+of one TrainStep, so the arithmetic is the same as one graph's). Split, the two halves do not hold their
+kernels' memory at the same time: the update step's peak RSS is about 200 MiB lower on full-width ResNet-50
+(python -m benchmarks.thor_step, docs/performance.md). The gradients pass between them as a ``mutable`` tuple
+(a tuple of tensors given to a graph is otherwise a constant, and the graph would be compiled at every call).
 
 The step counter is the optimizer's ``global_step`` (restored from checkpoints), so resuming continues the
 cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
 """
 import numpy as np
-from mindspore import nn
+from mindspore import mutable, nn
 
 from src.thor.capture import set_capture
 from src.train_step import TrainStep
+
+
+class _UpdateGradients(nn.Cell):
+    """The update step's first graph: ``step.gradients`` (forward and backward with statistics capture)."""
+
+    def __init__(self, step):
+        super().__init__(auto_prefix=False)
+        self.step = step
+
+    def construct(self, image, label):
+        return self.step.gradients(image, label)
+
+
+class _UpdateApply(nn.Cell):
+    """The update step's second graph: ``step.apply`` (refresh, preconditioned step, loss-scale update)."""
+
+    def __init__(self, step):
+        super().__init__(auto_prefix=False)
+        self.step = step
+
+    def construct(self, loss, grads, finite, scale):
+        return self.step.apply(loss, grads, finite, scale)
 
 
 class ThorTrainer(nn.Cell):
@@ -23,6 +50,8 @@ class ThorTrainer(nn.Cell):
         self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
         self.update_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window,
                                      share_scale_with=self.plain_step)
+        self.update_gradients = _UpdateGradients(self.update_step)
+        self.update_apply = _UpdateApply(self.update_step)
         optimizer.loss_scale_ref = self.plain_step.loss_scale
         self.optimizer = optimizer
         self.damping_schedule = optimizer.damping.asnumpy()  # per step, fixed for the run (for log lines)
@@ -66,7 +95,9 @@ class ThorTrainer(nn.Cell):
             return self.plain_step(image, label)
         self._set(True)
         try:
-            out = self.update_step(image, label)
+            loss, grads, finite, scale = self.update_gradients(image, label)
+            # mutable: a tuple of tensors passed to a graph is otherwise taken as a constant (recompiled per call)
+            out = self.update_apply(loss, mutable(grads), finite, scale)
         finally:
             self._set(False)
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
