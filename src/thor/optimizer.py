@@ -52,7 +52,7 @@ from mindspore.context import ParallelMode
 from mindspore.nn.optim.momentum import _momentum_opt
 from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
 
-from src.thor.blocks import block_diagonal, block_trace, damped_inverse, precondition
+from src.thor.blocks import apply_left, apply_right, block_diagonal, block_trace, damped_inverse
 from src.train_step import _grad_sum_tensor
 
 
@@ -218,7 +218,13 @@ class Thor(nn.Momentum):
             l = self.param_layer[i]
             g = gradients[i]
             if l >= 0:
-                g = precondition(g, self.a_inv[l], self.g_inv[l], self.a_layout[l], self.g_layout[l])
+                o = self.weight_shapes[l][0]
+                nba, ba = self.a_layout[l]
+                nbg, bg = self.g_layout[l]
+                g2 = ops.reshape(g, (o, -1))
+                g2 = apply_right(g2, self.a_inv[l], nba, ba)
+                g2 = apply_left(self.g_inv[l], g2, nbg, bg)
+                g = ops.reshape(g2, self.weight_shapes[l])
             out = out + (g,)
         return out
 
