@@ -7,9 +7,9 @@ Two processes, one after the other, each building its training cell as train.py 
 scale 128, ``split_dim`` 128, the default thor_convention):
 
 - ``momentum``: a Momentum run alone: its compile time and peak RSS.
-- ``thor``: one THOR run. Its first step is an update step (compiles the update graph: forward with statistics
-  capture, backward, factor refresh and inversion, preconditioned step), its second a plain one (compiles the
-  graph without statistics); its peak RSS is read then, as a real THOR run holds both graphs. Then a Momentum
+- ``thor``: one THOR run. Its first step is an update step (compiles its three graphs: the gradients with
+  statistics capture, the factor refresh, the preconditioned step), its second a plain one (compiles the plain
+  step's graph, without statistics); its peak RSS is read then, as a real THOR run holds all its graphs. Then a Momentum
   cell is built in the same process and ``--runs`` rounds are timed, each one window of ``--window`` steps of
   Momentum, of THOR plain and of THOR update steps, one after the other: the ratios of a round are taken within
   seconds of each other, so a machine whose speed drifts (this VM's does by 10-30% between minutes) moves all
@@ -19,7 +19,8 @@ Each window ends by reading the loss back. Reported: the median over rounds of e
 plain and update steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1)
 t_plain) / (F t_momentum), F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each
 run's peak RSS (and the peak after building the cell and after each graph's first call, which shows which
-graph holds the memory) and the THOR state (statistics, factors, inverses). Prints a markdown table and writes
+graph holds the memory), the THOR state (statistics, factors, inverses), and per THOR graph its compile time (its
+first call minus the median of its other calls) and its median run time, for the update step's graphs. Prints a markdown table and writes
 JSON to ``--output``.
 """
 import os
@@ -77,6 +78,37 @@ def build_cell(optimizer, args, steps=100000):
     return opt, cell, (lambda: cell(x, y)[0].asnumpy())
 
 
+GRAPHS = ("capture_gradients", "refresh_factors", "apply_step")  # the THOR update step's graphs
+
+
+class _TimedGraph:
+    """Stands in for one of the THOR trainer's graph cells and records the wall time of each call (until the
+    device is idle again)."""
+
+    def __init__(self, cell):
+        self.cell = cell
+        self.times = []
+
+    def __call__(self, *args):
+        start = time.perf_counter()
+        out = self.cell(*args)
+        first = out
+        while isinstance(first, (tuple, list)):
+            first = first[0]
+        first.asnumpy()  # waits for the graph (the CPU backend has no device synchronize)
+        self.times.append(time.perf_counter() - start)
+        return out
+
+
+def time_graphs(cell):
+    """Wrap each graph of a THOR trainer; returns ``{name: _TimedGraph}``."""
+    timed = {}
+    for name in GRAPHS:
+        timed[name] = _TimedGraph(getattr(cell, name))
+        object.__setattr__(cell, name, timed[name])  # an instance attribute, found before nn.Cell's sub-cells
+    return timed
+
+
 def measure(arm, args):
     """Runs in the child process: build, compile, time. Returns a dict."""
     setup(args)
@@ -96,6 +128,7 @@ def measure(arm, args):
         return out
 
     opt, cell, thor = build_cell("Thor", args)
+    graphs = time_graphs(cell)
     out["built_rss_mib"] = _peak_rss_mib()
     flags = cell.update_flags
     flags[:] = True
@@ -131,6 +164,9 @@ def measure(arm, args):
     out["amortized_over_momentum"] = statistics.median(
         (u + (f - 1) * p) / (f * m) for u, p, m in zip(rounds["update"], rounds["plain"], rounds["momentum"]))
     out.update(compile_update_s=first_update - med["update"], compile_plain_s=first_plain - med["plain"])
+    for name, timed in graphs.items():  # the first call compiles; the median of the others is the run time
+        out[f"graph_{name}_compile_s"] = timed.times[0] - statistics.median(timed.times[1:])
+        out[f"graph_{name}_ms"] = statistics.median(timed.times[1:]) * 1000
     return out
 
 
@@ -172,6 +208,8 @@ def main(argv=None):
           f"update graph +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, plain graph "
           f"+{row['thor_peak_rss_mib'] - row['thor_after_update_graph_rss_mib']:.0f}; "
           f"budget (Momentum + 2 x state + 200) {row['rss_budget_mib']:.0f}")
+    print("\nper THOR graph, compile s / run ms: " + "; ".join(
+        f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f}" for name in GRAPHS))
     print(f"\nwritten {output}")
     return row
 

@@ -32,7 +32,8 @@ Per preconditioned layer l (Conv2d/Dense weight W_l; see capture.py for A and G)
     w2 <= delta <= w1   -> keep the previous inverse
     delta < w2          -> freeze the layer: its inverse is never refreshed again
   The first update of a layer always refreshes. The number of refreshed layers is kept in
-  ``thor_refreshed`` for logging.
+  ``thor_refreshed`` for logging. The per-layer references (``trace_ref``) are kept in trace mode only and
+  the per-layer flags ([seen, frozen]) in trace mode or with factor_decay > 0, the only places they are read.
 
 On *every* step:
 
@@ -42,8 +43,8 @@ On *every* step:
   parameters of layers that are not preconditioned (BN, biases, skipped layers) take the plain
   momentum step.
 
-Which of the two is compiled is fixed by the Python flag ``thor_update`` at compile time (trainer.py
-compiles two graphs); the non-update graph holds no statistics, inversion or trace work.
+The refresh is ``refresh()``, compiled as a graph of its own (trainer.py runs it on update steps, between the
+gradients and the step); ``construct`` is the preconditioned step alone, the same graph on every step.
 """
 import mindspore as ms
 import numpy as np
@@ -56,11 +57,11 @@ from src.thor.blocks import apply_left, apply_right, block_diagonal, block_trace
 from src.train_step import _grad_sum_tensor
 
 
-def _all_finite(x):
-    """True when every element of ``x`` is finite, as the finiteness of its sum (one matrix-vector product;
-    the CPU ``isfinite(x).all()`` reduction is several times slower). A sum of finite float32 values that
-    overflows counts as non-finite, which for a factor or an inverse is as unusable."""
-    return ops.isfinite(_grad_sum_tensor(x))
+def _all_finite(x, y):
+    """True when every element of ``x`` and ``y`` is finite, as the finiteness of the sum of their sums (one
+    matrix-vector product each; the CPU ``isfinite(x).all()`` reduction is several times slower). A sum of finite
+    float32 values that overflows counts as non-finite, which for a factor or an inverse is as unusable."""
+    return ops.isfinite(_grad_sum_tensor(x) + _grad_sum_tensor(y))
 
 
 def _dot(x, y):
@@ -95,7 +96,6 @@ class Thor(nn.Momentum):
         # sub-cells (they belong to the network).
         object.__setattr__(self, "thor_layers", tuple(layers))
         self.num_layers = len(layers)
-        self.thor_update = False  # compile-time switch, see trainer.py
         self.trace_mode = mode == "trace"
         self.factor_decay = float(factor_decay)
         self.kl_clip = float(kl_clip)
@@ -148,19 +148,29 @@ class Thor(nn.Momentum):
         tuples = (self.a_stat, self.g_stat, self.a_avg, self.g_avg, self.a_inv, self.g_inv)
         return int(sum(p.size * 4 for t in tuples for p in t))
 
-    def _refresh(self, damping, gradients):
-        """Update factors and inverses from this step's statistics (update graph only)."""
+    def _step_damping(self):
+        """The damping of the current step (the schedule's last value past its end)."""
+        step = ops.minimum(self.global_step, self.damping.shape[0] - 1)
+        return ops.gather(self.damping, step, 0).reshape(())
+
+    def refresh(self):
+        """Update factors and inverses from the statistics the capturing layers stored on this step (a graph of
+        its own, run before the step, which reads the inverses). Returns the number of layers refreshed."""
+        damping = self._step_damping()
         inv_scale2 = 1.0 / (self.loss_scale_ref * self.loss_scale_ref)
         rho = self.factor_decay
         sqrt_damping = ops.sqrt(damping)
         count = ops.zeros((), ms.float32)
         bad = ops.zeros((), ms.float32)
         for l in range(self.num_layers):
-            a_new = ops.depend(self.a_stat[l], gradients)
-            g_new = ops.depend(self.g_stat[l], gradients) * inv_scale2
+            a_new = self.a_stat[l]
+            g_new = self.g_stat[l] * inv_scale2
             if self.allreduce is not None:
                 a_new = self.allreduce(a_new) / self.group_size
                 g_new = self.allreduce(g_new) / self.group_size
+            # per-layer flags [seen, frozen] matter to the factor decay and the trace rule only: without them, the
+            # graph does not write them (reads nothing used is dropped) and skips the traces: fewer nodes to compile
+            track = self.trace_mode or rho > 0.0
             flags = self.layer_flags[l]
             seen = flags[0] > 0.5
             frozen = flags[1] > 0.5
@@ -170,25 +180,25 @@ class Thor(nn.Momentum):
             else:
                 a = a_new
                 g = g_new
-            factors_ok = ops.logical_and(_all_finite(a), _all_finite(g))
+            factors_ok = _all_finite(a, g)
             # the solver must see finite blocks; a layer with a non-finite factor keeps its last inverse anyway
             a_in = ops.nan_to_num(a, 0.0, 0.0, 0.0)
             g_in = ops.nan_to_num(g, 0.0, 0.0, 0.0)
             diag_a, diag_g = block_diagonal(a_in), block_diagonal(g_in)
             if self.split_damping:  # the mindspore convention: lambda / T on A, lambda * T on G
-                positions = ops.depend(self.positions[l], gradients)
+                positions = self.positions[l]
                 a_inv = damped_inverse(a_in, ops.sqrt(damping / positions), diag_a)
                 g_inv = damped_inverse(g_in, ops.sqrt(damping * positions), diag_g)
             else:
                 a_inv = damped_inverse(a_in, sqrt_damping, diag_a)
                 g_inv = damped_inverse(g_in, sqrt_damping, diag_g)
-            finite = ops.logical_and(factors_ok, ops.logical_and(_all_finite(a_inv), _all_finite(g_inv)))
+            finite = ops.logical_and(factors_ok, _all_finite(a_inv, g_inv))
             refresh = finite
-            d_in, d_out = self.dims[l]
-            tr_a = block_trace(a_in, d_in, diag_a)  # equal to a's trace whenever the layer refreshes
-            tr_g = block_trace(g_in, d_out, diag_g)
-            new_frozen = frozen
+            keep_factors = factors_ok
             if self.trace_mode:
+                d_in, d_out = self.dims[l]
+                tr_a = block_trace(a_in, d_in, diag_a)  # equal to a's trace whenever the layer refreshes
+                tr_g = block_trace(g_in, d_out, diag_g)
                 extra = damping * float(d_in * d_out)
                 tr_new = tr_a * tr_g + extra
                 ref = self.trace_ref[l]
@@ -196,16 +206,16 @@ class Thor(nn.Momentum):
                 delta = ops.abs(tr_new - tr_prev) / tr_prev
                 changed = ops.logical_or(ops.logical_not(seen), delta > self.trace_w1)
                 settled = ops.logical_and(ops.logical_and(seen, factors_ok), delta < self.trace_w2)
-                new_frozen = ops.logical_or(frozen, settled)
                 refresh = ops.logical_and(refresh, ops.logical_and(changed, ops.logical_not(frozen)))
-            keep_factors = ops.logical_and(ops.logical_not(frozen), factors_ok)
+                keep_factors = ops.logical_and(ops.logical_not(frozen), factors_ok)
+                ops.assign(self.trace_ref[l], _pick(refresh, ops.stack([tr_a, tr_g]), self.trace_ref[l]))
+                frozen = ops.logical_or(frozen, settled)
             ops.assign(self.a_avg[l], _pick(keep_factors, a, self.a_avg[l]))
             ops.assign(self.g_avg[l], _pick(keep_factors, g, self.g_avg[l]))
             ops.assign(self.a_inv[l], _pick(refresh, a_inv, self.a_inv[l]))
             ops.assign(self.g_inv[l], _pick(refresh, g_inv, self.g_inv[l]))
-            ops.assign(self.trace_ref[l], _pick(refresh, ops.stack([tr_a, tr_g]), self.trace_ref[l]))
-            ops.assign(self.layer_flags[l], ops.stack([ops.ones((), ms.float32),
-                                                       ops.cast(new_frozen, ms.float32)]))
+            if track:
+                ops.assign(self.layer_flags[l], ops.stack([ops.ones((), ms.float32), ops.cast(frozen, ms.float32)]))
             count = count + ops.cast(refresh, ms.float32)
             bad = bad + ops.cast(ops.logical_not(finite), ms.float32)
         ops.assign(self.thor_updates, self.thor_updates + 1)
@@ -246,10 +256,6 @@ class Thor(nn.Momentum):
     def construct(self, gradients):
         params = self.params
         moments = self.moments
-        step = ops.minimum(self.global_step, self.damping.shape[0] - 1)
-        damping = ops.gather(self.damping, step, 0).reshape(())
-        if self.thor_update:
-            gradients = ops.depend(gradients, self._refresh(damping, gradients))
         new_grads = self._precondition(gradients)
         lr = self.get_lr()
         if self.kl_clip > 0.0:

@@ -2,13 +2,16 @@
 
 ``plain`` step, one graph: forward, backward, preconditioning with the stored inverses, momentum step; it holds
 no statistics work, so a non-update step costs about what a Momentum step costs.
-``update`` step, two graphs run one after the other (compiled with thor_capture / thor_update True): first the
-forward with A capture and the backward with G capture, which returns the gradients; then the factor and
-inverse refresh and the preconditioned momentum step (TrainStep.gradients and TrainStep.apply, the two halves
-of one TrainStep, so the arithmetic is the same as one graph's). Split, the two halves do not hold their
-kernels' memory at the same time: the update step's peak RSS is about 200 MiB lower on full-width ResNet-50
-(python -m benchmarks.thor_step, docs/performance.md). The gradients pass between them as a ``mutable`` tuple
-(a tuple of tensors given to a graph is otherwise a constant, and the graph would be compiled at every call).
+``update`` step, three graphs run one after the other: the forward with A capture and the backward with G
+capture, which returns the gradients (TrainStep.gradients, compiled with thor_capture True); when the gradients
+are finite, the factor and inverse refresh (``Thor.refresh``); then the preconditioned momentum step and the
+loss-scale update (TrainStep.apply). Gradients and step are the two halves of one TrainStep, so the arithmetic is
+that of one graph. Split, the graphs do not hold their kernels' memory at once (on CPU a compiled graph keeps
+its kernels' memory): the process peaks about 180 MiB lower than with the update step as one graph, and the
+three compile in less time than the one (python -m benchmarks.thor_step, docs/performance.md). The plain step
+stays one graph: split the same way it ran about 2% slower. The gradients pass between graphs as a ``mutable``
+tuple (a tuple of tensors given to a graph is otherwise a constant, and the graph would be compiled at every
+call).
 
 The step counter is the optimizer's ``global_step`` (restored from checkpoints), so resuming continues the
 cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
@@ -20,8 +23,8 @@ from src.thor.capture import set_capture
 from src.train_step import TrainStep
 
 
-class _UpdateGradients(nn.Cell):
-    """The update step's first graph: ``step.gradients`` (forward and backward with statistics capture)."""
+class _Gradients(nn.Cell):
+    """A graph of ``step.gradients``: forward and backward (with statistics capture, as compiled here)."""
 
     def __init__(self, step):
         super().__init__(auto_prefix=False)
@@ -31,8 +34,19 @@ class _UpdateGradients(nn.Cell):
         return self.step.gradients(image, label)
 
 
-class _UpdateApply(nn.Cell):
-    """The update step's second graph: ``step.apply`` (refresh, preconditioned step, loss-scale update)."""
+class _Refresh(nn.Cell):
+    """A graph of ``optimizer.refresh()``: factors and inverses from the captured statistics."""
+
+    def __init__(self, optimizer):
+        super().__init__(auto_prefix=False)
+        self.optimizer = optimizer
+
+    def construct(self):
+        return self.optimizer.refresh()
+
+
+class _Apply(nn.Cell):
+    """A graph of ``step.apply``: the preconditioned step and the loss-scale update."""
 
     def __init__(self, step):
         super().__init__(auto_prefix=False)
@@ -50,8 +64,9 @@ class ThorTrainer(nn.Cell):
         self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
         self.update_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window,
                                      share_scale_with=self.plain_step)
-        self.update_gradients = _UpdateGradients(self.update_step)
-        self.update_apply = _UpdateApply(self.update_step)
+        self.capture_gradients = _Gradients(self.update_step)
+        self.refresh_factors = _Refresh(optimizer)
+        self.apply_step = _Apply(self.update_step)
         optimizer.loss_scale_ref = self.plain_step.loss_scale
         self.optimizer = optimizer
         self.damping_schedule = optimizer.damping.asnumpy()  # per step, fixed for the run (for log lines)
@@ -85,28 +100,28 @@ class ThorTrainer(nn.Cell):
             info["thor_refreshed"] = f"{self.last_update[1]}/{len(self.optimizer.thor_layers)}@{self.last_update[0]}"
         return info
 
-    def _set(self, flag):
-        set_capture(self.optimizer.thor_layers, flag)
-        self.optimizer.thor_update = flag
-
     def __call__(self, image, label):
         step = self.global_step()
         if not self.is_update(step):
             return self.plain_step(image, label)
-        self._set(True)
+        set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
         try:
-            loss, grads, finite, scale = self.update_gradients(image, label)
-            # mutable: a tuple of tensors passed to a graph is otherwise taken as a constant (recompiled per call)
-            out = self.update_apply(loss, mutable(grads), finite, scale)
+            loss, grads, finite, scale = self.capture_gradients(image, label)
         finally:
-            self._set(False)
+            set_capture(self.optimizer.thor_layers, False)
+        if bool(finite.asnumpy()):  # an overflowed step is skipped: it refreshes nothing, the next step retries
+            self.refresh_factors()
+        out = self.apply_step(loss, mutable(grads), finite, scale)
+        self._after_update(step)
+        return out
+
+    def _after_update(self, step):
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
         nonfinite = int(self.optimizer.thor_nonfinite.asnumpy())
         if nonfinite > self.nonfinite_seen:
             self.warn(f"THOR step {step}: {nonfinite - self.nonfinite_seen} layer(s) had non-finite factors or "
                       f"inverses and kept their last good ones ({nonfinite} so far)")
             self.nonfinite_seen = nonfinite
-        return out
 
     def construct(self, image, label):  # pragma: no cover - dispatch happens in __call__
         return self.plain_step(image, label)
