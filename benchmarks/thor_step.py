@@ -9,8 +9,8 @@ scale 128, ``split_dim`` 128, the default thor_convention):
 - ``momentum``: a Momentum run alone: its compile time and peak RSS.
 - ``thor``: one THOR run. Its first step is an update step (compiles its three graphs: the gradients with
   statistics capture, the factor refresh, the preconditioned step), its second a plain one (compiles the plain
-  step's graph, without statistics); its peak RSS is read then, as a real THOR run holds all its graphs. Then a Momentum
-  cell is built in the same process and ``--runs`` rounds are timed, each one window of ``--window`` steps of
+  step's graph, without statistics); its peak RSS is read then, as a real THOR run holds all its graphs. Then a
+  Momentum cell is built in the same process and ``--runs`` rounds are timed, each one window of ``--window`` steps of
   Momentum, of THOR plain and of THOR update steps, one after the other: the ratios of a round are taken within
   seconds of each other, so a machine whose speed drifts (this VM's does by 10-30% between minutes) moves all
   three alike.
@@ -19,9 +19,9 @@ Each window ends by reading the loss back. Reported: the median over rounds of e
 plain and update steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1)
 t_plain) / (F t_momentum), F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each
 run's peak RSS (and the peak after building the cell and after each graph's first call, which shows which
-graph holds the memory), the THOR state (statistics, factors, inverses), and per THOR graph its compile time (its
-first call minus the median of its other calls) and its median run time, for the update step's graphs. Prints a markdown table and writes
-JSON to ``--output``.
+graph holds the memory), the THOR state (statistics, factors, inverses), and for each graph of the update step
+its compile time (its first call minus the median of its other calls) and its median run time. Prints a markdown
+table and writes JSON to ``--output``.
 """
 import os
 import resource

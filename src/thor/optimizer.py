@@ -168,8 +168,8 @@ class Thor(nn.Momentum):
             if self.allreduce is not None:
                 a_new = self.allreduce(a_new) / self.group_size
                 g_new = self.allreduce(g_new) / self.group_size
-            # per-layer flags [seen, frozen] matter to the factor decay and the trace rule only: without them, the
-            # graph does not write them (reads nothing used is dropped) and skips the traces: fewer nodes to compile
+            # the per-layer flags [seen, frozen] matter to the factor decay and the trace rule only; without those the
+            # graph does not write them (the compiler drops reads nobody uses) nor computes traces: fewer nodes
             track = self.trace_mode or rho > 0.0
             flags = self.layer_flags[l]
             seen = flags[0] > 0.5

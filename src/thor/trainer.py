@@ -7,11 +7,11 @@ capture, which returns the gradients (TrainStep.gradients, compiled with thor_ca
 are finite, the factor and inverse refresh (``Thor.refresh``); then the preconditioned momentum step and the
 loss-scale update (TrainStep.apply). Gradients and step are the two halves of one TrainStep, so the arithmetic is
 that of one graph. Split, the graphs do not hold their kernels' memory at once (on CPU a compiled graph keeps
-its kernels' memory): the process peaks about 180 MiB lower than with the update step as one graph, and the
-three compile in less time than the one (python -m benchmarks.thor_step, docs/performance.md). The plain step
-stays one graph: split the same way it ran about 2% slower. The gradients pass between graphs as a ``mutable``
-tuple (a tuple of tensors given to a graph is otherwise a constant, and the graph would be compiled at every
-call).
+its kernels' memory): the update step's graphs add about 230 MiB less to the peak RSS than with the refresh in
+the step's graph, and they compile in 33 s instead of 38-41 (python -m benchmarks.thor_step, full-width
+ResNet-50 at 32x32; docs/performance.md). The plain step stays one graph: split the same way, it ran 1.52x
+Momentum's step against 1.42-1.47x. The gradients pass between graphs as a ``mutable`` tuple (a tuple of tensors
+given to a graph is otherwise a constant, and the graph would be compiled at every call).
 
 The step counter is the optimizer's ``global_step`` (restored from checkpoints), so resuming continues the
 cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
