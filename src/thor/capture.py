@@ -22,7 +22,9 @@ gradient as (N, O, T), the layouts MindSpore already holds, so large activations
 (blocks.sample_block_gram).
 
 Capture happens only in the graph compiled while ``thor_capture`` is True (the update-step graph); the
-other graph contains no statistics work at all.
+other graph contains no statistics work at all. The statistics are computed from ``stop_gradient`` of the layer
+input: without it, the backward differentiates through them (the kernel graph held the gradient's reshapes and
+products of every layer's A, all zeros).
 """
 from __future__ import annotations
 
@@ -86,7 +88,7 @@ class CaptureConv2d(nn.Conv2d, _CaptureMixin):
         return ops.unfold(x, (kh, kw), 1, self.thor_pad, (sh, sw))
 
     def _capture_a(self, x):
-        patches = self._input_patches(ops.cast(x, ms.float32))
+        patches = self._input_patches(ops.stop_gradient(ops.cast(x, ms.float32)))
         n, _, positions = patches.shape
         nba, ba = self.thor_a_layout
         return self._thor_record_a(x, sample_block_gram(patches, nba, ba, 1.0 / (n * positions)), positions)
@@ -107,7 +109,7 @@ class CaptureDense(nn.Dense, _CaptureMixin):
 
     def construct(self, x):
         if self.thor_capture:
-            x = self._thor_record_a(x, block_gram(x, *self.thor_a_layout, 1.0 / x.shape[0]), 1)
+            x = self._thor_record_a(x, block_gram(ops.stop_gradient(x), *self.thor_a_layout, 1.0 / x.shape[0]), 1)
         out = self.matmul(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
