@@ -51,7 +51,7 @@ def sum_rows(x: Tensor) -> Tensor:
 class TrainStep(nn.Cell):
     """Forward, scaled backward, all-reduce, unscale, overflow check, optimizer step."""
 
-    def __init__(self, net_with_loss, optimizer, loss_scale=1.0, dynamic=False, window=2000, share_scale_with=None):
+    def __init__(self, net_with_loss, optimizer, loss_scale=1.0, dynamic=False, window=2000):
         super().__init__(auto_prefix=False)
         self.network = net_with_loss
         self.network.set_grad()
@@ -59,13 +59,8 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
-        if share_scale_with is not None:  # a second graph over the same model (THOR) shares the scale state
-            self.loss_scale = share_scale_with.loss_scale
-            self.good_steps = share_scale_with.good_steps
-        else:
-            self.loss_scale = Parameter(Tensor(float(loss_scale), ms.float32), name="loss_scale",
-                                        requires_grad=False)
-            self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
+        self.loss_scale = Parameter(Tensor(float(loss_scale), ms.float32), name="loss_scale", requires_grad=False)
+        self.good_steps = Parameter(Tensor(0, ms.int32), name="loss_scale_good_steps", requires_grad=False)
         self.dynamic = dynamic
         self.window = window
         self.reducer = None

@@ -159,6 +159,9 @@ class Thor(nn.Momentum):
         damping = self._step_damping()
         inv_scale2 = 1.0 / (self.loss_scale_ref * self.loss_scale_ref)
         rho = self.factor_decay
+        # the per-layer flags [seen, frozen] matter to the factor decay and the trace rule only; without those the
+        # graph does not write them (the compiler drops reads nobody uses) nor computes traces: fewer nodes
+        track = self.trace_mode or rho > 0.0
         sqrt_damping = ops.sqrt(damping)
         count = ops.zeros((), ms.float32)
         bad = ops.zeros((), ms.float32)
@@ -168,9 +171,6 @@ class Thor(nn.Momentum):
             if self.allreduce is not None:
                 a_new = self.allreduce(a_new) / self.group_size
                 g_new = self.allreduce(g_new) / self.group_size
-            # the per-layer flags [seen, frozen] matter to the factor decay and the trace rule only; without those the
-            # graph does not write them (the compiler drops reads nobody uses) nor computes traces: fewer nodes
-            track = self.trace_mode or rho > 0.0
             flags = self.layer_flags[l]
             seen = flags[0] > 0.5
             frozen = flags[1] > 0.5

@@ -62,11 +62,10 @@ class ThorTrainer(nn.Cell):
     def __init__(self, net_with_loss, optimizer, update_flags, loss_scale=1.0, dynamic=False, window=2000, warn=print):
         super().__init__(auto_prefix=False)
         self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
-        self.update_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window,
-                                     share_scale_with=self.plain_step)
-        self.capture_gradients = _Gradients(self.update_step)
+        # the update step's graphs: cells of their own over the same TrainStep, so each compiles separately
+        self.capture_gradients = _Gradients(self.plain_step)
         self.refresh_factors = _Refresh(optimizer)
-        self.apply_step = _Apply(self.update_step)
+        self.apply_step = _Apply(self.plain_step)
         optimizer.loss_scale_ref = self.plain_step.loss_scale
         self.optimizer = optimizer
         self.damping_schedule = optimizer.damping.asnumpy()  # per step, fixed for the run (for log lines)
