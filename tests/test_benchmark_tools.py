@@ -1,5 +1,6 @@
 """Parsing in the benchmarks that read MindSpore's output (no MindSpore run here)."""
 from benchmarks.thor_graphs import graph_files, row, summarise_ir
+from benchmarks.thor_memory import heap_by_site, rss_by_mapping
 
 IR = """# IR entry: @kernel_graph0
 %para1_w: <Ref[Tensor[Float32]], (4, 4)>
@@ -48,3 +49,43 @@ def test_parse_arms_runs_the_child_or_returns_what_to_pass_on(capsys):
     assert capsys.readouterr().out.strip() == 'RESULT {"arm": "thor", "batch": 4}'
     args, passed = parse_arms(benchmark_parser("doc", batch_size=32), ["--batch_size", "4"], ("momentum",), measure)
     assert args.batch_size == 4 and args.arm is None and passed == ["--batch_size", "4"]
+
+
+SMAPS = """55d0a0000000-55d0a4000000 rw-p 00000000 00:00 0                          [heap]
+Size:              65536 kB
+Rss:               40960 kB
+7f0000000000-7f0040000000 rw-p 00000000 00:00 0
+Size:            1048576 kB
+Rss:              153600 kB
+7f0040000000-7f0044000000 rw-p 00000000 00:00 0
+Rss:               10240 kB
+7f0044000000-7f0044200000 rw-p 00000000 00:00 0
+Rss:                1024 kB
+7f0050000000-7f0050800000 r-xp 00000000 08:01 123    /lib/libmindspore_cpu.so
+Rss:                2048 kB
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+Rss:                 132 kB
+"""
+
+
+def test_rss_by_mapping_sorts_mappings_by_kind():
+    rss = rss_by_mapping(SMAPS)
+    # 64 MiB heap with 40 MiB resident; the 1 GiB anonymous mapping is the memory pool; a 64 MiB anonymous
+    # mapping is a thread's malloc arena; a 2 MiB one a large malloc block
+    assert rss == {"heap": 40.0, "memory pool": 150.0, "anon >= 64 MiB": 10.0, "anon < 64 MiB": 1.0, "file": 2.0,
+                   "other": 132 / 1024}
+
+
+def test_heap_by_site_attributes_each_backtrace_once():
+    stacks = "\n".join([
+        "main;mindspore::pipeline::GraphExecutorPy::CompileInner;mkl_kernel;dnnl_primitive_create;malloc 3145728",
+        "main;mindspore::runtime::GraphScheduler::Run;mindspore::device::DynamicMemPoolBestFit::AddMemBlockAndMemBuf"
+        " 1048576",
+        "main;mindspore::tensor::from_buffer;malloc 2097152",
+        "main;mindspore::pipeline::GraphExecutorPy::CompileInner;mindspore::Cloner::CloneNodes 1048576",
+        "main;mindspore::ActorBase::Run;malloc 1048576",
+        "main;PyObject_Malloc 524288",
+        "a line without a cost",
+    ])
+    assert heap_by_site(stacks) == {"oneDNN primitives": 3.0, "memory pool block": 1.0, "tensors from NumPy": 2.0,
+                                    "graph compile": 1.0, "graph run": 1.0, "rest": 0.5}
