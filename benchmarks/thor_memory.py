@@ -7,7 +7,7 @@ One process per optimizer, each building its training cell as benchmarks.thor_st
 ``split_dim`` 128) and running ``--steps`` steps (THOR: an update step first, then plain steps, so that all its
 graphs are compiled and have run, as in a real run). Then it reads:
 
-- the peak RSS (``ru_maxrss``) and the RSS now;
+- the peak RSS (``VmHWM``) and the RSS now;
 - ``/proc/self/smaps``, the resident memory of each kind of mapping: ``[heap]`` (the main malloc arena),
   the memory pool (the anonymous mapping of at least 1 GiB: MindSpore's CPU memory pool reserves its block of
   kernel outputs and workspaces that way; only the pages it has used are resident), other anonymous mappings of
@@ -26,7 +26,6 @@ Prints a markdown table and writes JSON to ``--output``.
 """
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -80,20 +79,23 @@ def classify_stack(frames):
     return "rest"
 
 
-def heap_by_site(stacks_text):
-    """MiB per allocation site kind of heaptrack_print's flame-graph output (``frame;frame;... bytes`` lines)."""
+def heap_by_site(lines):
+    """MiB per allocation site kind of heaptrack_print's flame-graph output (``frame;frame;... bytes`` lines;
+    an iterable of lines, such as the open file: it is hundreds of MiB)."""
     out = dict.fromkeys(SITE_KINDS, 0.0)
-    for line in stacks_text.splitlines():
+    for line in lines:
         stack, _, cost = line.rstrip().rpartition(" ")
         if stack and cost.isdigit():
             out[classify_stack(stack.split(";"))] += int(cost) / 2 ** 20
     return out
 
 
-def _rss_now_mib():
+def _status_mib(key):
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, in MiB. Not ``ru_maxrss``: a process
+    started by vfork + exec inherits its parent's peak there."""
     with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(key + ":"):
                 return int(line.split()[1]) / 1024.0
     return float("nan")
 
@@ -104,14 +106,14 @@ def measure(arm, args):
 
     setup(args)
     opt, cell, step = build_cell("Momentum" if arm == "momentum" else "Thor", args)
-    out = {"arm": arm, "built_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}
+    out = {"arm": arm, "built_rss_mib": _status_mib("VmHWM")}
     for i in range(args.steps):
         if arm == "thor":
             cell.update_flags[:] = i == 0
         step()
     with open("/proc/self/smaps", encoding="utf-8") as f:
         out["rss_by_mapping_mib"] = rss_by_mapping(f.read())
-    out.update(peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, rss_mib=_rss_now_mib())
+    out.update(peak_rss_mib=_status_mib("VmHWM"), rss_mib=_status_mib("VmRSS"))
     if arm == "thor":
         out["state_mib"] = opt.state_bytes() / 2 ** 20
     return out
@@ -134,7 +136,7 @@ def _under_heaptrack(passed, arm):
                         "--print-temporary", "0", "--flamegraph-cost-type", "peak", "-F", stacks],
                        capture_output=True, text=True, check=True)
         with open(stacks, encoding="utf-8", errors="replace") as f:
-            return heap_by_site(f.read())
+            return heap_by_site(f)
 
 
 def main(argv=None):
@@ -152,9 +154,10 @@ def main(argv=None):
     result = {}
     for arm in ("momentum", "thor"):
         result[arm] = child_result("benchmarks.thor_memory", [*passed, "--arm", arm], f"the {arm} process")
-        if args.heaptrack == "true":
-            result[arm]["heap_by_site_mib"] = _under_heaptrack(passed, arm)
         print(f"  {arm}: peak RSS {result[arm]['peak_rss_mib']:.0f} MiB", flush=True)
+    if args.heaptrack == "true":
+        for arm in ("momentum", "thor"):
+            result[arm]["heap_by_site_mib"] = _under_heaptrack(passed, arm)
     output = args.output or os.path.join("bench_results", f"thor_memory_{args.image_size}.json")
     write_json(output, {"host": host_info(), "args": vars(args), "result": result})
 

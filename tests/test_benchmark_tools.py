@@ -77,15 +77,15 @@ def test_rss_by_mapping_sorts_mappings_by_kind():
 
 
 def test_heap_by_site_attributes_each_backtrace_once():
-    stacks = "\n".join([
+    stacks = [  # lines as read from the file
         "main;mindspore::pipeline::GraphExecutorPy::CompileInner;mkl_kernel;dnnl_primitive_create;malloc 3145728",
         "main;mindspore::runtime::GraphScheduler::Run;mindspore::device::DynamicMemPoolBestFit::AddMemBlockAndMemBuf"
         " 1048576",
         "main;mindspore::tensor::from_buffer;malloc 2097152",
         "main;mindspore::pipeline::GraphExecutorPy::CompileInner;mindspore::Cloner::CloneNodes 1048576",
         "main;mindspore::ActorBase::Run;malloc 1048576",
-        "main;PyObject_Malloc 524288",
-        "a line without a cost",
-    ])
+        "main;PyObject_Malloc 524288\n",
+        "a line without a cost\n",
+    ]
     assert heap_by_site(stacks) == {"oneDNN primitives": 3.0, "memory pool block": 1.0, "tensors from NumPy": 2.0,
                                     "graph compile": 1.0, "graph run": 1.0, "rest": 0.5}
