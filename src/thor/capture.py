@@ -67,11 +67,6 @@ class _CaptureMixin:
         return ops.depend(x, stored)
 
     def _thor_save_g(self, dout):
-        if self.thor_flag:
-            dout = self._thor_store_g(dout)
-        return dout
-
-    def _thor_store_g(self, dout):
         n = dout.shape[0]
         nbg, bg = self.thor_g_layout
         if len(dout.shape) == 4:  # (N, O, H, W) -> (N, O, L): a reshape, no transpose
@@ -99,12 +94,13 @@ class CaptureConv2d(nn.Conv2d, _CaptureMixin):
         return self._thor_record_a(x, sample_block_gram(patches, nba, ba, 1.0 / (n * positions)), positions)
 
     def construct(self, x):
-        if self.thor_flag:
+        if self.thor_capture:
             x = self._capture_a(x)
         out = self.conv2d(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
-        out = self.thor_g_hook(out)
+        if self.thor_capture:
+            out = self.thor_g_hook(out)
         return out
 
 
@@ -112,12 +108,13 @@ class CaptureDense(nn.Dense, _CaptureMixin):
     """nn.Dense (2-D input, no activation) that records A and S^2*G when compiled with ``thor_capture``."""
 
     def construct(self, x):
-        if self.thor_flag:
+        if self.thor_capture:
             x = self._thor_record_a(x, block_gram(ops.stop_gradient(x), *self.thor_a_layout, 1.0 / x.shape[0]), 1)
         out = self.matmul(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
-        out = self.thor_g_hook(out)
+        if self.thor_capture:
+            out = self.thor_g_hook(out)
         return out
 
 
@@ -142,7 +139,6 @@ def attach(network: nn.Cell, skip_patterns: Sequence[str] = (), split_dim: int =
     e.g. ``end_point`` or ``layer4.*``) into a capturing layer. Parameter names are unchanged.
     Returns the list of capturing cells in network order."""
     layers = []
-    flag = Parameter(Tensor(False, ms.bool_), name="thor.capture", requires_grad=False)
     for name, cell in network.cells_and_names():
         if not name or any(fnmatch.fnmatchcase(name, p) for p in skip_patterns):
             continue
@@ -159,7 +155,6 @@ def attach(network: nn.Cell, skip_patterns: Sequence[str] = (), split_dim: int =
             cell._thor_setup(name, cell.in_channels, cell.out_channels, split_dim)
         else:
             continue
-        cell.thor_flag = flag
         layers.append(cell)
     if not layers:
         raise UserError("THOR: no Conv2d or Dense layer left to precondition (check thor_skip_layers)")
@@ -167,4 +162,5 @@ def attach(network: nn.Cell, skip_patterns: Sequence[str] = (), split_dim: int =
 
 
 def set_capture(layers: Sequence[nn.Cell], flag: bool) -> None:
-    layers[0].thor_flag.set_data(Tensor(bool(flag), ms.bool_))
+    for cell in layers:
+        cell.thor_capture = bool(flag)

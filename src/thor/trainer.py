@@ -17,7 +17,7 @@ The step counter is the optimizer's ``global_step`` (restored from checkpoints),
 cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
 """
 import numpy as np
-from mindspore import nn, ops
+from mindspore import mutable, nn
 
 from src.thor.capture import set_capture
 from src.train_step import TrainStep
@@ -56,27 +56,12 @@ class _Apply(nn.Cell):
         return self.step.apply(loss, grads, finite, scale)
 
 
-class _OneGraph(TrainStep):
-    """EXPERIMENT: every step one graph; capture (in the layers) and refresh under a run-time flag."""
-
-    def __init__(self, net_with_loss, optimizer, flag, *args):
-        super().__init__(net_with_loss, optimizer, *args)
-        self.thor_flag = flag
-
-    def construct(self, image, label):
-        loss, grads, finite, scale = self.gradients(image, label)
-        if ops.logical_and(self.thor_flag, finite):
-            loss = ops.depend(loss, self.optimizer.refresh())
-        return self.apply(loss, grads, finite, scale)
-
-
 class ThorTrainer(nn.Cell):
     """Outputs ``(loss, overflow, loss_scale)`` like TrainStep."""
 
     def __init__(self, net_with_loss, optimizer, update_flags, loss_scale=1.0, dynamic=False, window=2000, warn=print):
         super().__init__(auto_prefix=False)
-        flag = optimizer.thor_layers[0].thor_flag
-        self.plain_step = _OneGraph(net_with_loss, optimizer, flag, loss_scale, dynamic, window)
+        self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
         # the update step's graphs: cells of their own over the same TrainStep, so each compiles separately
         self.capture_gradients = _Gradients(self.plain_step)
         self.refresh_factors = _Refresh(optimizer)
@@ -118,11 +103,14 @@ class ThorTrainer(nn.Cell):
         step = self.global_step()
         if not self.is_update(step):
             return self.plain_step(image, label)
-        set_capture(self.optimizer.thor_layers, True)
+        set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
         try:
-            out = self.plain_step(image, label)
+            loss, grads, finite, scale = self.capture_gradients(image, label)
         finally:
             set_capture(self.optimizer.thor_layers, False)
+        if bool(finite.asnumpy()):  # an overflowed step is skipped: it refreshes nothing, the next step retries
+            self.refresh_factors()
+        out = self.apply_step(loss, mutable(grads), finite, scale)
         self._after_update(step)
         return out
 
