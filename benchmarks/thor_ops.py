@@ -20,8 +20,8 @@ NB = D // B
 # name: (input kind, what it stands for)
 OPS = {
     "gradient column blocks: transpose (O, nb, b) -> (nb, O, b)": ("grad", "avoided"),
-    "grad @ blockdiag(A): transpose + bmm + transpose": ("grad", "avoided"),
-    "grad @ blockdiag(A): grouped 1x1 convolution": ("grad", "used"),
+    "grad @ blockdiag(A): transpose + bmm + transpose": ("grad", "used (thor_right_product bmm)"),
+    "grad @ blockdiag(A): grouped 1x1 convolution": ("grad", "used (thor_right_product conv)"),
     "blockdiag(G) @ grad: reshape + bmm": ("grad", "used"),
     "zero padding: ops.pad (64 columns)": ("grad", "avoided"),
     "zero padding: concat with zeros (64 columns)": ("grad", "used"),
@@ -52,8 +52,7 @@ def _op(name):
     bmm_ta = ops.BatchMatMul(transpose_a=True)
 
     def blocks_t(x, a):
-        cols = ops.transpose(ops.reshape(x, (O, NB, B)), (1, 0, 2))
-        return ops.reshape(ops.transpose(ops.bmm(cols, a), (1, 0, 2)), (O, D))
+        return apply_right(x, a, NB, B, "bmm")
 
     def chol_inv(m, eye):
         linv = tri(ops.cholesky(m), eye)
@@ -63,7 +62,7 @@ def _op(name):
         return ops.reshape(ops.transpose(ops.reshape(x, (O, NB, B)), (1, 0, 2)), (O, D))
 
     def right_conv(x, a):
-        return apply_right(x, a, NB, B)
+        return apply_right(x, a, NB, B, "conv")
 
     def left_bmm(x, a):
         return apply_left(ops.slice(a, (0, 0, 0), (O // B, B, B)), x, O // B, B)

@@ -67,7 +67,8 @@ def build_cell(optimizer, args, steps=100000):
     cfg = parse_args(["--device_target", args.device_target, "--net_name", "resnet50", "--class_num", "1000",
                       "--batch_size", str(args.batch_size), "--train_image_size", str(args.image_size),
                       "--loss_scale", "128", "--split_dim", str(args.split_dim), "--epoch_size", "1",
-                      "--warmup_epochs", "0", "--optimizer", optimizer, "--kl_clip", str(args.kl_clip)])
+                      "--warmup_epochs", "0", "--optimizer", optimizer, "--kl_clip", str(args.kl_clip),
+                      "--thor_right_product", args.right_product])
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32))
@@ -172,9 +173,10 @@ def measure(arm, args):
 
 def main(argv=None):
     parser = benchmark_parser(__doc__, image_size=32, batch_size=32, frequency=834, split_dim=128, warmup=2, runs=5,
-                              window=3, kl_clip=0.0, device_target="CPU", output=None,
+                              window=3, kl_clip=0.0, right_product="bmm", device_target="CPU", output=None,
                               helps={"window": "steps per timed window",
                                      "kl_clip": "THOR's KL clip (the CIFAR-10 recipes use 0.01)",
+                                     "right_product": "thor_right_product: bmm or conv",
                                      "output": "JSON path (default bench_results/thor_step_<size>.json)"})
     parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)
     if parsed is None:  # a child process: it has printed its result

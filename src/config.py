@@ -51,6 +51,7 @@ CHOICES = {
     "loss_scale_mode": ("fixed", "dynamic"),
     "thor_mode": ("fixed", "trace"),
     "thor_convention": ("mindspore", "kfac"),
+    "thor_right_product": ("bmm", "conv"),
     "label_smooth_mode": ("uniform", "zoo"),
     "bad_images": ("stop", "skip"),
     "cpu_isa_cap": CPU_ISA_SETTINGS,

@@ -83,7 +83,7 @@ def create_optimizer(cfg: EasyDict, network: nn.Cell, lr: np.ndarray) -> nn.Opti
     layers = attach(network, cfg.thor_skip_layers, cfg.split_dim)
     return Thor(groups, lr_tensor, damping, cfg.momentum, layers, mode=cfg.thor_mode,
                 factor_decay=cfg.factor_decay, kl_clip=cfg.kl_clip, trace_w1=cfg.trace_w1, trace_w2=cfg.trace_w2,
-                convention=cfg.thor_convention)
+                convention=cfg.thor_convention, right_product=cfg.thor_right_product)
 
 
 def thor_update_flags(cfg: EasyDict, steps_per_epoch: int) -> np.ndarray:

@@ -67,23 +67,24 @@ def _simulate(w_conv, w_fc, b_fc, batches, convention, split, decay_bias):
     return w["conv"], w["fc"], b
 
 
-def _build(convention, split, decay_bias):
+def _build(convention, split, decay_bias, right_product="bmm"):
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(3)
     net = TinyNet()
     layers = attach(net, split_dim=split)
     opt = Thor(param_groups(net, WEIGHT_DECAY, decay_bias), Tensor(LRS.astype(np.float32)),
-               DAMPINGS.astype(np.float32), MOMENTUM, layers, convention=convention)
+               DAMPINGS.astype(np.float32), MOMENTUM, layers, convention=convention,
+               right_product=right_product)
     trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt,
                           thor_update_steps(STEPS, STEPS, FREQUENCY), loss_scale=LOSS_SCALE)
     trainer.set_train()
     return net, opt, trainer
 
 
-@pytest.mark.parametrize("convention", ["mindspore", "kfac"])
+@pytest.mark.parametrize("convention, right_product", [("mindspore", "bmm"), ("kfac", "bmm"), ("mindspore", "conv")])
 @pytest.mark.parametrize("split, decay_bias", [(0, False), (8, True)])
-def test_thor_steps_match_the_float64_simulation(convention, split, decay_bias):
-    net, opt, trainer = _build(convention, split, decay_bias)
+def test_thor_steps_match_the_float64_simulation(convention, right_product, split, decay_bias):
+    net, opt, trainer = _build(convention, split, decay_bias, right_product)
     start = [p.asnumpy().astype(np.float64) for p in (net.conv.weight, net.fc.weight, net.fc.bias)]
     batches = [_data(seed=s) for s in range(STEPS)]
     for x, y in batches:

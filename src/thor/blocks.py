@@ -124,12 +124,22 @@ def damped_inverse(blocks: Tensor, damping: Tensor, diag: Tensor | None = None) 
     return _SOLVE(blocks + shift * eye, eye)
 
 
-def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int) -> Tensor:
+RIGHT_PRODUCTS = ("bmm", "conv")
+
+
+def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int, how: str = "bmm") -> Tensor:
     """``grad @ blockdiag(inv)^T`` for grad (O, D) and inv (nb, b, b) -> (O, D) (inv symmetric up to rounding,
-    see the module docstring): a grouped 1x1 convolution, group k = column block k."""
+    see the module docstring). ``how``: ``bmm``, the column blocks (nb, O, b) by a transpose, one batched matmul
+    and a transpose back; ``conv``, a grouped 1x1 convolution over the same memory (group k = column block k),
+    no transpose. On this CPU ``bmm`` made THOR's plain step 1.31x Momentum's against 1.44-1.46x and the process
+    peak about 500 MiB higher (python -m benchmarks.thor_step; docs/performance.md)."""
     o, d = grad.shape
     if nb == 1:
         return _MATMUL_TB(grad, ops.reshape(inv, (b, b)))
+    if how == "bmm":
+        cols = ops.transpose(ops.reshape(_pad_to(grad, 1, nb * b), (o, nb, b)), (1, 0, 2))
+        out = ops.transpose(_BMM_TB(cols, inv), (1, 0, 2))
+        return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
     x = ops.reshape(_pad_to(grad, 1, nb * b), (o, nb * b, 1, 1))
     out = ops.conv2d(x, ops.reshape(inv, (nb * b, b, 1, 1)), groups=nb)
     return _cut_to(ops.reshape(out, (o, nb * b)), o, d)

@@ -53,7 +53,14 @@ from mindspore.context import ParallelMode
 from mindspore.nn.optim.momentum import _momentum_opt
 from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
 
-from src.thor.blocks import apply_left, apply_right, block_diagonal, block_trace, damped_inverse
+from src.thor.blocks import (
+    RIGHT_PRODUCTS,
+    apply_left,
+    apply_right,
+    block_diagonal,
+    block_trace,
+    damped_inverse,
+)
 from src.train_step import _grad_sum_tensor
 
 
@@ -85,11 +92,14 @@ class Thor(nn.Momentum):
     """THOR optimizer over ``params`` (the same groups nn.Momentum takes) for the capturing ``layers``."""
 
     def __init__(self, params, learning_rate, damping, momentum, layers, mode="fixed", factor_decay=0.0,
-                 kl_clip=0.0, trace_w1=0.01, trace_w2=0.0, convention="mindspore"):
+                 kl_clip=0.0, trace_w1=0.01, trace_w2=0.0, convention="mindspore", right_product="bmm"):
         super().__init__(params, learning_rate, momentum, weight_decay=0.0, loss_scale=1.0)
         if convention not in ("mindspore", "kfac"):
             raise ValueError(f"THOR convention must be 'mindspore' or 'kfac', got {convention!r}")
         self.convention = convention
+        if right_product not in RIGHT_PRODUCTS:
+            raise ValueError(f"THOR right_product must be one of {RIGHT_PRODUCTS}, got {right_product!r}")
+        self.right_product = right_product
         self.split_damping = convention == "mindspore"
         # The capturing layers (capture.attach) whose statistics this optimizer reads and whose capture the
         # trainer switches on for update steps; a plain attribute, so that they are not registered twice as
@@ -232,7 +242,7 @@ class Thor(nn.Momentum):
                 nba, ba = self.a_layout[l]
                 nbg, bg = self.g_layout[l]
                 g2 = ops.reshape(g, (o, -1))
-                g2 = apply_right(g2, self.a_inv[l], nba, ba)
+                g2 = apply_right(g2, self.a_inv[l], nba, ba, self.right_product)
                 g2 = apply_left(self.g_inv[l], g2, nbg, bg)
                 g = ops.reshape(g2, self.weight_shapes[l])
             out = out + (g,)
