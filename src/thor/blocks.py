@@ -8,18 +8,21 @@ its first rows and columns is exactly (B + lambda I)^-1, and the padded rows/col
 and cut off after preconditioning.
 
 The gradient (O, D) of a layer is row-major, so the left product blockdiag(G^-1) @ grad is a batched
-matmul over a free reshape (nb, b, D). The right product grad @ blockdiag(A^-1) works on column blocks:
-it is written as a grouped 1x1 convolution over the reshape (O, D, 1, 1) (group k = column block k), which
-needs no transpose of the gradient. The convolution multiplies by each block's transpose: A^-1 is the
-inverse of the symmetric A + damping I, and its stored float32 value is used transposed (equal up to the
-rounding of the inverse). Statistics of a convolution are gathered the same way, per sample from the
-(N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
+matmul over the reshape (nb, b, D). The right product grad @ blockdiag(A^-1) works on column blocks, in one of
+two forms (``apply_right``, config key ``thor_right_product``): ``bmm`` transposes the gradient to its column
+blocks (nb, O, b), multiplies them in one batched matmul and transposes back; ``conv`` is a grouped 1x1
+convolution over the reshape (O, D, 1, 1) (group k = column block k), with no transpose. Both multiply by each
+block's transpose: A^-1 is the inverse of the symmetric A + damping I, and its stored float32 value is used
+transposed (equal up to the rounding of the inverse). Statistics of a convolution are gathered per sample from
+the (N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
 concatenation with zeros and the cut as ``ops.slice``.
 
-Why no transposes on large tensors: on CPU, every Transpose kernel in a compiled graph holds memory for as
-long as the graph lives (on a 9 MiB 512 x 4608 gradient a transpose adds 32 MiB, transpose + bmm + transpose
-51 MiB, the grouped convolution 14 MiB, which is somewhat slower on that layer); ``ops.pad`` is far slower than
-a concatenation; a cut is skipped when nothing is cut (python -m benchmarks.thor_ops measures each).
+Speed against memory: on CPU every Transpose kernel in a compiled graph holds memory for as long as the graph
+lives (on a 9 MiB 512 x 4608 gradient transpose + bmm + transpose adds 51 MiB, the grouped convolution 14 MiB;
+python -m benchmarks.thor_ops), but the grouped convolution runs slower: with ``bmm`` THOR's plain step on
+full-width ResNet-50 at 32x32 was 1.29x Momentum's against 1.45x with ``conv``, and the process peaked at
+3526 MiB against 2778 (python -m benchmarks.thor_step, back to back). ``bmm`` is the default; ``conv`` is for a
+host short of memory. ``ops.pad`` is far slower than a concatenation; a cut is skipped when nothing is cut.
 """
 from __future__ import annotations
 
@@ -131,8 +134,7 @@ def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int, how: str = "bmm") ->
     """``grad @ blockdiag(inv)^T`` for grad (O, D) and inv (nb, b, b) -> (O, D) (inv symmetric up to rounding,
     see the module docstring). ``how``: ``bmm``, the column blocks (nb, O, b) by a transpose, one batched matmul
     and a transpose back; ``conv``, a grouped 1x1 convolution over the same memory (group k = column block k),
-    no transpose. On this CPU ``bmm`` made THOR's plain step 1.31x Momentum's against 1.44-1.46x and the process
-    peak about 500 MiB higher (python -m benchmarks.thor_step; docs/performance.md)."""
+    no transpose (speed against memory: the module docstring)."""
     o, d = grad.shape
     if nb == 1:
         return _MATMUL_TB(grad, ops.reshape(inv, (b, b)))
