@@ -140,11 +140,11 @@ def _under_heaptrack(passed, arm):
 
 
 def main(argv=None):
-    parser = benchmark_parser(__doc__, image_size=32, batch_size=32, split_dim=128, steps=3, kl_clip=0.0,
-                              right_product="bmm",
-                              heaptrack="false", device_target="CPU", output=None,
-                              helps={"steps": "steps run before reading (THOR: the first is an update step)",
-                                     "right_product": "thor_right_product: bmm or conv",
+    from benchmarks.thor_step import CELL_HELPS, CELL_OPTIONS
+
+    parser = benchmark_parser(__doc__, **CELL_OPTIONS, steps=3, heaptrack="false", output=None,
+                              helps={**CELL_HELPS,
+                                     "steps": "steps run before reading (THOR: the first is an update step)",
                                      "heaptrack": "true: also run each process under heaptrack",
                                      "output": "JSON path (default bench_results/thor_memory_<size>.json)"})
     parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)

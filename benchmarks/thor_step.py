@@ -79,6 +79,12 @@ def build_cell(optimizer, args, steps=100000):
     return opt, cell, (lambda: cell(x, y)[0].asnumpy())
 
 
+# the options build_cell reads (shared with benchmarks.thor_memory)
+CELL_OPTIONS = {"image_size": 32, "batch_size": 32, "split_dim": 128, "kl_clip": 0.0, "right_product": "bmm",
+                "device_target": "CPU"}
+CELL_HELPS = {"kl_clip": "THOR's KL clip (the CIFAR-10 recipes use 0.01)",
+              "right_product": "thor_right_product: bmm or conv"}
+
 GRAPHS = ("capture_gradients", "refresh_factors", "apply_step")  # the THOR update step's graphs
 
 
@@ -172,11 +178,8 @@ def measure(arm, args):
 
 
 def main(argv=None):
-    parser = benchmark_parser(__doc__, image_size=32, batch_size=32, frequency=834, split_dim=128, warmup=2, runs=5,
-                              window=3, kl_clip=0.0, right_product="bmm", device_target="CPU", output=None,
-                              helps={"window": "steps per timed window",
-                                     "kl_clip": "THOR's KL clip (the CIFAR-10 recipes use 0.01)",
-                                     "right_product": "thor_right_product: bmm or conv",
+    parser = benchmark_parser(__doc__, **CELL_OPTIONS, frequency=834, warmup=2, runs=5, window=3, output=None,
+                              helps={**CELL_HELPS, "window": "steps per timed window",
                                      "output": "JSON path (default bench_results/thor_step_<size>.json)"})
     parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)
     if parsed is None:  # a child process: it has printed its result
