@@ -31,7 +31,15 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.timing import benchmark_parser, child_result, host_info, markdown_table, parse_arms, write_json
+from benchmarks.timing import (
+    benchmark_parser,
+    child_result,
+    host_info,
+    markdown_table,
+    parse_arms,
+    status_mib,
+    write_json,
+)
 
 MAPPING_KINDS = ("heap", "memory pool", "anon >= 64 MiB", "anon < 64 MiB", "file", "other")
 SITE_KINDS = ("oneDNN primitives", "memory pool block", "tensors from NumPy", "graph compile", "graph run", "rest")
@@ -90,30 +98,20 @@ def heap_by_site(lines):
     return out
 
 
-def _status_mib(key):
-    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process, in MiB. Not ``ru_maxrss``: a process
-    started by vfork + exec inherits its parent's peak there."""
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def measure(arm, args):
     """Runs in the child process: build, run all graphs, read the memory."""
     from benchmarks.thor_step import build_cell, setup
 
     setup(args)
     opt, cell, step = build_cell("Momentum" if arm == "momentum" else "Thor", args)
-    out = {"arm": arm, "built_rss_mib": _status_mib("VmHWM")}
+    out = {"arm": arm, "built_rss_mib": status_mib("VmHWM")}
     for i in range(args.steps):
         if arm == "thor":
             cell.update_flags[:] = i == 0
         step()
     with open("/proc/self/smaps", encoding="utf-8") as f:
         out["rss_by_mapping_mib"] = rss_by_mapping(f.read())
-    out.update(peak_rss_mib=_status_mib("VmHWM"), rss_mib=_status_mib("VmRSS"))
+    out.update(peak_rss_mib=status_mib("VmHWM"), rss_mib=status_mib("VmRSS"))
     if arm == "thor":
         out["state_mib"] = opt.state_bytes() / 2 ** 20
     return out

@@ -24,7 +24,6 @@ its compile time (its first call minus the median of its other calls) and its me
 table and writes JSON to ``--output``.
 """
 import os
-import resource
 import statistics
 import time
 
@@ -34,13 +33,14 @@ from benchmarks.timing import (
     host_info,
     markdown_table,
     parse_arms,
+    status_mib,
     time_windows,
     write_json,
 )
 
 
 def _peak_rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return status_mib("VmHWM")
 
 
 def setup(args):

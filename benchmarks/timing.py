@@ -32,6 +32,16 @@ def time_windows(step, warmup=1, runs=5, window=1, budget_s=None, min_runs=1):
     return statistics.median(times), times
 
 
+def status_mib(key):
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process from /proc/self/status, in MiB. Not
+    ``ru_maxrss``: a process started by vfork + exec inherits its parent's peak there."""
+    with open("/proc/self/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def host_info():
     """What the numbers were measured on (kept with every result file)."""
     import mindspore

@@ -89,3 +89,9 @@ def test_heap_by_site_attributes_each_backtrace_once():
     ]
     assert heap_by_site(stacks) == {"oneDNN primitives": 3.0, "memory pool block": 1.0, "tensors from NumPy": 2.0,
                                     "graph compile": 1.0, "graph run": 1.0, "rest": 0.5}
+
+
+def test_status_mib_reads_this_process():
+    from benchmarks.timing import status_mib
+    now, peak = status_mib("VmRSS"), status_mib("VmHWM")
+    assert 0 < now <= peak
