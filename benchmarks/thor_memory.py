@@ -31,15 +31,7 @@ import subprocess
 import sys
 import tempfile
 
-from benchmarks.timing import (
-    benchmark_parser,
-    child_result,
-    host_info,
-    markdown_table,
-    parse_arms,
-    status_mib,
-    write_json,
-)
+from benchmarks import timing
 
 MAPPING_KINDS = ("heap", "memory pool", "anon >= 64 MiB", "anon < 64 MiB", "file", "other")
 SITE_KINDS = ("oneDNN primitives", "memory pool block", "tensors from NumPy", "graph compile", "graph run", "rest")
@@ -104,14 +96,14 @@ def measure(arm, args):
 
     setup(args)
     opt, cell, step = build_cell("Momentum" if arm == "momentum" else "Thor", args)
-    out = {"arm": arm, "built_rss_mib": status_mib("VmHWM")}
+    out = {"arm": arm, "built_rss_mib": timing.status_mib("VmHWM")}
     for i in range(args.steps):
         if arm == "thor":
             cell.update_flags[:] = i == 0
         step()
     with open("/proc/self/smaps", encoding="utf-8") as f:
         out["rss_by_mapping_mib"] = rss_by_mapping(f.read())
-    out.update(peak_rss_mib=status_mib("VmHWM"), rss_mib=status_mib("VmRSS"))
+    out.update(peak_rss_mib=timing.status_mib("VmHWM"), rss_mib=timing.status_mib("VmRSS"))
     if arm == "thor":
         out["state_mib"] = opt.state_bytes() / 2 ** 20
     return out
@@ -140,12 +132,12 @@ def _under_heaptrack(passed, arm):
 def main(argv=None):
     from benchmarks.thor_step import CELL_HELPS, CELL_OPTIONS
 
-    parser = benchmark_parser(__doc__, **CELL_OPTIONS, steps=3, heaptrack="false", output=None,
+    parser = timing.benchmark_parser(__doc__, **CELL_OPTIONS, steps=3, heaptrack="false", output=None,
                               helps={**CELL_HELPS,
                                      "steps": "steps run before reading (THOR: the first is an update step)",
                                      "heaptrack": "true: also run each process under heaptrack",
                                      "output": "JSON path (default bench_results/thor_memory_<size>.json)"})
-    parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)
+    parsed = timing.parse_arms(parser, argv, ("momentum", "thor"), measure)
     if parsed is None:  # a child process: it has printed its result
         return None
     args, passed = parsed
@@ -153,13 +145,13 @@ def main(argv=None):
         sys.exit(f"error: --heaptrack must be true or false, got {args.heaptrack!r}")
     result = {}
     for arm in ("momentum", "thor"):
-        result[arm] = child_result("benchmarks.thor_memory", [*passed, "--arm", arm], f"the {arm} process")
+        result[arm] = timing.child_result("benchmarks.thor_memory", [*passed, "--arm", arm], f"the {arm} process")
         print(f"  {arm}: peak RSS {result[arm]['peak_rss_mib']:.0f} MiB", flush=True)
     if args.heaptrack == "true":
         for arm in ("momentum", "thor"):
             result[arm]["heap_by_site_mib"] = _under_heaptrack(passed, arm)
     output = args.output or os.path.join("bench_results", f"thor_memory_{args.image_size}.json")
-    write_json(output, {"host": host_info(), "args": vars(args), "result": result})
+    timing.write_json(output, {"host": timing.host_info(), "args": vars(args), "result": result})
 
     mom, thor = result["momentum"], result["thor"]
     rows = [["peak RSS", f"{mom['peak_rss_mib']:.0f}", f"{thor['peak_rss_mib']:.0f}",
@@ -176,7 +168,7 @@ def main(argv=None):
             m, t = mom["heap_by_site_mib"][kind], thor["heap_by_site_mib"][kind]
             rows.append([f"heap at its peak: {kind}", f"{m:.0f}", f"{t:.0f}", f"{t - m:+.0f}"])
     print()
-    print(markdown_table(["MiB", "Momentum", "THOR", "THOR - Momentum"], rows))
+    print(timing.markdown_table(["MiB", "Momentum", "THOR", "THOR - Momentum"], rows))
     print(f"\nTHOR state {thor['state_mib']:.1f} MiB; budget (Momentum's peak + 2 x state + 200) "
           f"{mom['peak_rss_mib'] + 2 * thor['state_mib'] + 200:.0f} MiB")
     print(f"\nwritten {output}")
