@@ -138,12 +138,12 @@ def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int, how: str = "bmm") ->
     o, d = grad.shape
     if nb == 1:
         return _MATMUL_TB(grad, ops.reshape(inv, (b, b)))
+    x = _pad_to(grad, 1, nb * b)
     if how == "bmm":
-        cols = ops.transpose(ops.reshape(_pad_to(grad, 1, nb * b), (o, nb, b)), (1, 0, 2))
+        cols = ops.transpose(ops.reshape(x, (o, nb, b)), (1, 0, 2))
         out = ops.transpose(_BMM_TB(cols, inv), (1, 0, 2))
-        return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
-    x = ops.reshape(_pad_to(grad, 1, nb * b), (o, nb * b, 1, 1))
-    out = ops.conv2d(x, ops.reshape(inv, (nb * b, b, 1, 1)), groups=nb)
+    else:
+        out = ops.conv2d(ops.reshape(x, (o, nb * b, 1, 1)), ops.reshape(inv, (nb * b, b, 1, 1)), groups=nb)
     return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
 
 

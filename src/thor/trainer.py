@@ -111,16 +111,13 @@ class ThorTrainer(nn.Cell):
         if bool(finite.asnumpy()):  # an overflowed step is skipped: it refreshes nothing, the next step retries
             self.refresh_factors()
         out = self.apply_step(loss, mutable(grads), finite, scale)
-        self._after_update(step)
-        return out
-
-    def _after_update(self, step):
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
         nonfinite = int(self.optimizer.thor_nonfinite.asnumpy())
         if nonfinite > self.nonfinite_seen:
             self.warn(f"THOR step {step}: {nonfinite - self.nonfinite_seen} layer(s) had non-finite factors or "
                       f"inverses and kept their last good ones ({nonfinite} so far)")
             self.nonfinite_seen = nonfinite
+        return out
 
     def construct(self, image, label):  # pragma: no cover - dispatch happens in __call__
         return self.plain_step(image, label)
