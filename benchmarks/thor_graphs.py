@@ -90,8 +90,9 @@ def row(name, files):
 
 
 def main(argv=None):
-    parser = benchmark_parser(__doc__, image_size=32, batch_size=32, split_dim=128, kl_clip=0.0, device_target="CPU",
-                              output="bench_results/thor_graphs.json")
+    from benchmarks.thor_step import CELL_HELPS, CELL_OPTIONS
+
+    parser = benchmark_parser(__doc__, **CELL_OPTIONS, output="bench_results/thor_graphs.json", helps=CELL_HELPS)
     parsed = parse_arms(parser, argv, ("momentum", "thor"), measure)
     if parsed is None:  # a child process: it has printed its result
         return None

@@ -14,6 +14,7 @@ from src.thor.blocks import (
     block_trace,
     damped_inverse,
     sample_block_gram,
+    swap_leading,
 )
 from src.thor.capture import attach
 from src.thor.optimizer import Thor
@@ -132,18 +133,21 @@ class _Blocks(nn.Cell):
         super().__init__()
         self.a, self.g = (nb_a, b_a), (nb_g, b_g)
 
-    def construct(self, x, grad, inv_a, inv_g, x3):
+    def construct(self, x, grad, inv_a, inv_g, x3, x2):
         right = apply_right(grad, inv_a, *self.a)
-        one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the transposed-rows path
+        one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the column-blocks path
         return (block_gram(x, *self.a, 0.5), block_trace(inv_a, grad.shape[1]), right,
                 apply_left(inv_g, right, *self.g), sample_block_gram(one_position, *self.a, 0.5),
-                sample_block_gram(x3, *self.a, 0.5))  # (5, d, 3): the per-sample path when b <= 12
+                sample_block_gram(x3, *self.a, 0.5),  # (5, d, 3): the per-sample path when b <= 12
+                sample_block_gram(x2, *self.a, 0.5))  # (5, d, 2): the column-blocks path with positions when b > 8
 
 
-@pytest.mark.parametrize("o, d, split", [(6, 5, 0), (8, 12, 4), (7, 10, 4), (12, 8, 4), (5, 9, 4), (3, 16, 8)])
+@pytest.mark.parametrize("o, d, split", [(6, 5, 0), (8, 12, 4), (7, 10, 4), (12, 8, 4), (5, 9, 4), (3, 16, 8),
+                                         (2, 12, 4), (4, 20, 10)])
 def test_block_algebra_matches_dense_numpy(o, d, split):
     """Gram blocks, trace, grad @ blockdiag(A)^T and blockdiag(G) @ grad, for full, evenly split and ragged
-    (zero-padded) widths on either side, against dense float64 block-diagonal matrices."""
+    (zero-padded) widths on either side, more rows than column blocks and fewer, against dense float64
+    block-diagonal matrices."""
     ms.set_context(mode=ms.GRAPH_MODE)
     rng = np.random.default_rng(o * 100 + d)
     (nba, ba), (nbg, bg) = block_layout(d, split), block_layout(o, split)
@@ -152,21 +156,36 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
     inv_a = rng.standard_normal((nba, ba, ba)).astype(np.float32)
     inv_g = rng.standard_normal((nbg, bg, bg)).astype(np.float32)
     x3 = rng.standard_normal((5, d, 3)).astype(np.float32)
-    gram, trace, right, both, sample_gram, sample_gram3 = (t.asnumpy() for t in _Blocks(nba, ba, nbg, bg)(
-        Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g), Tensor(x3)))
+    x2 = rng.standard_normal((5, d, 2)).astype(np.float32)
+    gram, trace, right, both, sample_gram, sample_gram3, sample_gram2 = (t.asnumpy() for t in _Blocks(
+        nba, ba, nbg, bg)(Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g), Tensor(x3), Tensor(x2)))
     dense_a, dense_g = _blocks_to_dense(inv_a.astype(np.float64), d), _blocks_to_dense(inv_g.astype(np.float64), o)
     x64, g64 = x.astype(np.float64), grad.astype(np.float64)
     np.testing.assert_allclose(_blocks_to_dense(gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_blocks_to_dense(sample_gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
-    x3_64 = x3.astype(np.float64)
-    np.testing.assert_allclose(_blocks_to_dense(sample_gram3, d),
-                               0.5 * np.einsum("ndl,nel->de", x3_64, x3_64) * _block_mask(d, split),
-                               rtol=1e-5, atol=1e-5)
+    for got, xl in ((sample_gram3, x3), (sample_gram2, x2)):
+        xl = xl.astype(np.float64)
+        np.testing.assert_allclose(_blocks_to_dense(got, d), 0.5 * np.einsum("ndl,nel->de", xl, xl) *
+                                   _block_mask(d, split), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(trace, np.trace(dense_a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(right, g64 @ dense_a.T, rtol=1e-5, atol=1e-5)  # each block transposed (symmetric A^-1)
     np.testing.assert_allclose(both, dense_g @ g64 @ dense_a.T, rtol=1e-4, atol=1e-4)
+
+
+class _Swap(nn.Cell):
+    def construct(self, x):
+        return swap_leading(x)
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 4), (3, 5, 4), (4, 4, 2), (2, 6, 3, 2), (1, 7, 3)])
+def test_swap_leading_is_the_transpose_of_the_two_leading_axes(shape):
+    """Unstack + Stack along the shorter leading axis computes np.transpose(x, (1, 0, 2, ...)) exactly."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32)
+    got = _Swap()(Tensor(x)).asnumpy()
+    np.testing.assert_array_equal(got, np.swapaxes(x, 0, 1))
 
 
 class _Inverse(nn.Cell):

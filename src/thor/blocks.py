@@ -9,20 +9,20 @@ and cut off after preconditioning.
 
 The gradient (O, D) of a layer is row-major, so the left product blockdiag(G^-1) @ grad is a batched
 matmul over the reshape (nb, b, D). The right product grad @ blockdiag(A^-1) works on column blocks, in one of
-two forms (``apply_right``, config key ``thor_right_product``): ``bmm`` transposes the gradient to its column
-blocks (nb, O, b), multiplies them in one batched matmul and transposes back; ``conv`` is a grouped 1x1
-convolution over the reshape (O, D, 1, 1) (group k = column block k), with no transpose. Both multiply by each
+two forms (``apply_right``, config key ``thor_right_product``): ``bmm`` moves the gradient's column blocks to
+the front (nb, O, b), multiplies them in one batched matmul and moves them back; ``conv`` is a grouped 1x1
+convolution over the reshape (O, D, 1, 1) (group k = column block k), with no data moved. Both multiply by each
 block's transpose: A^-1 is the inverse of the symmetric A + damping I, and its stored float32 value is used
 transposed (equal up to the rounding of the inverse). Statistics of a convolution are gathered per sample from
 the (N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
 concatenation with zeros and the cut as ``ops.slice``.
 
-Speed against memory: on CPU every Transpose kernel in a compiled graph holds memory for as long as the graph
-lives (on a 9 MiB 512 x 4608 gradient transpose + bmm + transpose adds 51 MiB, the grouped convolution 14 MiB;
-python -m benchmarks.thor_ops), but the grouped convolution runs slower: with ``bmm`` THOR's plain step on
-full-width ResNet-50 at 32x32 was 1.29x Momentum's against 1.45x with ``conv``, and the process peaked at
-3526 MiB against 2778 (python -m benchmarks.thor_step, back to back). ``bmm`` is the default; ``conv`` is for a
-host short of memory. ``ops.pad`` is far slower than a concatenation; a cut is skipped when nothing is cut.
+No ``ops.transpose`` anywhere: MindSpore's CPU Transpose kernel, given a constant permutation, builds a table of
+one 8-byte source index per element when the graph is compiled and keeps it as long as the graph lives (2 to 4
+times the tensor's own size: 90 transposes held about 540 MiB in THOR's plain-step graph). ``swap_leading`` swaps
+the two leading axes with an Unstack and a Stack along the shorter of them instead: no table, contiguous runs
+copied, and faster than the table's gather (python -m benchmarks.thor_ops). ``ops.pad`` is far slower than a
+concatenation; a cut is skipped when nothing is cut.
 """
 from __future__ import annotations
 
@@ -64,11 +64,19 @@ def _cut_to(x, rows, cols):
     return ops.slice(x, (0, 0), (rows, cols))
 
 
+def swap_leading(x: Tensor) -> Tensor:
+    """(P, Q, ...) -> (Q, P, ...), as ``ops.transpose(x, (1, 0, 2, ...))`` computes it, with an Unstack and a Stack
+    along the shorter of the two axes (no index table; see the module docstring)."""
+    if x.shape[1] <= x.shape[0]:
+        return ops.stack(ops.unstack(x, axis=1), axis=0)
+    return ops.stack(ops.unstack(x, axis=0), axis=1)
+
+
 def to_block_columns(x: Tensor, nb: int, b: int) -> Tensor:
     """(M, D) -> (nb, M, b): the columns of ``x`` cut into ``nb`` groups of ``b`` (zero-padded)."""
     m = x.shape[0]
     x = _pad_to(x, 1, nb * b)
-    return ops.transpose(ops.reshape(x, (m, nb, b)), (1, 0, 2))
+    return swap_leading(ops.reshape(x, (m, nb, b)))
 
 
 def block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
@@ -85,13 +93,15 @@ def sample_block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
 
     With L >= b / 4 (large feature maps): a free reshape to (N * nb, b, L), one batched matmul, a sum over
     samples; no transpose of the activation. With fewer positions, the per-sample products (N * nb * b * b)
-    would outgrow the activation itself, so the column blocks (nb, N * L, b) are formed by one transpose of
-    what is then a small tensor and multiplied blockwise."""
+    would outgrow the activation itself, so the column blocks (nb, N * L, b) are formed by moving the axes of
+    what is then a small tensor (Unstack and Stack) and multiplied blockwise."""
     n, _, positions = x.shape
     x = _pad_to(ops.cast(x, ms.float32), 1, nb * b)
-    if 4 * positions < b:  # one transpose (N, nb, b, L) -> (nb, N, L, b), then X_k^T X_k per block
-        cols = ops.reshape(ops.transpose(ops.reshape(x, (n, nb, b, positions)), (1, 0, 3, 2)),
-                           (nb, n * positions, b))
+    if 4 * positions < b:  # (N, nb, b, L) -> (N, nb, L, b) -> (nb, N, L, b), then X_k^T X_k per block
+        x = ops.reshape(x, (n, nb, b, positions))
+        if positions > 1:
+            x = ops.stack(ops.unstack(x, axis=3), axis=2)
+        cols = ops.reshape(swap_leading(ops.reshape(x, (n, nb, positions * b))), (nb, n * positions, b))
         return _BMM_TA(cols, cols) * scale
     rows = ops.reshape(x, (n * nb, b, positions))
     per_sample = _BMM_TB(rows, rows)                      # (N * nb, b, b)
@@ -132,16 +142,15 @@ RIGHT_PRODUCTS = ("bmm", "conv")
 
 def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int, how: str = "bmm") -> Tensor:
     """``grad @ blockdiag(inv)^T`` for grad (O, D) and inv (nb, b, b) -> (O, D) (inv symmetric up to rounding,
-    see the module docstring). ``how``: ``bmm``, the column blocks (nb, O, b) by a transpose, one batched matmul
-    and a transpose back; ``conv``, a grouped 1x1 convolution over the same memory (group k = column block k),
-    no transpose (speed against memory: the module docstring)."""
+    see the module docstring). ``how``: ``bmm``, the column blocks (nb, O, b) by ``swap_leading``, one batched
+    matmul and the blocks moved back; ``conv``, a grouped 1x1 convolution over the same memory (group k = column
+    block k)."""
     o, d = grad.shape
     if nb == 1:
         return _MATMUL_TB(grad, ops.reshape(inv, (b, b)))
     x = _pad_to(grad, 1, nb * b)
     if how == "bmm":
-        cols = ops.transpose(ops.reshape(x, (o, nb, b)), (1, 0, 2))
-        out = ops.transpose(_BMM_TB(cols, inv), (1, 0, 2))
+        out = swap_leading(_BMM_TB(swap_leading(ops.reshape(x, (o, nb, b))), inv))
     else:
         out = ops.conv2d(ops.reshape(x, (o, nb * b, 1, 1)), ops.reshape(inv, (nb * b, b, 1, 1)), groups=nb)
     return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
