@@ -10,9 +10,10 @@ graphs are compiled and have run, as in a real run). Then it reads:
 - the peak RSS (``VmHWM``) and the RSS now;
 - ``/proc/self/smaps``, the resident memory of each kind of mapping: ``[heap]`` (the main malloc arena),
   the memory pool (the anonymous mapping of at least 1 GiB: MindSpore's CPU memory pool reserves its block of
-  kernel outputs and workspaces that way; only the pages it has used are resident), other anonymous mappings of
-  64 MiB or more (malloc arenas of other threads), smaller anonymous mappings (large malloc blocks, thread
-  stacks) and file mappings (the libraries);
+  kernel outputs and workspaces that way; only the pages it has used are resident), other anonymous mappings
+  (malloc's large blocks, which it maps one by one, such as oneDNN scratchpads; other threads' malloc arenas;
+  thread stacks: the kernel merges neighbouring mappings, so their sizes say nothing of who made them) and file
+  mappings (the libraries);
 
 With ``--heaptrack true`` each process runs under heaptrack (https://github.com/KDE/heaptrack; several times
 slower) and its heap at the moment of its peak is split by where it was allocated (``classify_stack``): oneDNN
@@ -33,7 +34,7 @@ import tempfile
 
 from benchmarks import timing
 
-MAPPING_KINDS = ("heap", "memory pool", "anon >= 64 MiB", "anon < 64 MiB", "file", "other")
+MAPPING_KINDS = ("heap", "memory pool", "other anonymous", "file", "other")
 SITE_KINDS = ("oneDNN primitives", "memory pool block", "tensors from NumPy", "graph compile", "graph run", "rest")
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) \S+ \S+ \S+ \S+\s*(.*)$")
 
@@ -45,7 +46,7 @@ def classify_mapping(size_mib, name):
     if not name:
         if size_mib >= 1024:
             return "memory pool"
-        return "anon >= 64 MiB" if size_mib >= 64 else "anon < 64 MiB"
+        return "other anonymous"
     return "other" if name.startswith("[") else "file"
 
 

@@ -90,11 +90,12 @@ GRAPHS = ("capture_gradients", "refresh_factors", "apply_step")  # the THOR upda
 
 class _TimedGraph:
     """Stands in for one of the THOR trainer's graph cells and records the wall time of each call (until the
-    device is idle again)."""
+    device is idle again) and the process's peak RSS after its first call (``peak_rss_mib``)."""
 
     def __init__(self, cell):
         self.cell = cell
         self.times = []
+        self.peak_rss_mib = None
 
     def __call__(self, *args):
         start = time.perf_counter()
@@ -104,6 +105,8 @@ class _TimedGraph:
             first = first[0]
         first.asnumpy()  # waits for the graph (the CPU backend has no device synchronize)
         self.times.append(time.perf_counter() - start)
+        if self.peak_rss_mib is None:
+            self.peak_rss_mib = _peak_rss_mib()
         return out
 
 
@@ -174,6 +177,7 @@ def measure(arm, args):
     for name, timed in graphs.items():  # the first call compiles; the median of the others is the run time
         out[f"graph_{name}_compile_s"] = timed.times[0] - statistics.median(timed.times[1:])
         out[f"graph_{name}_ms"] = statistics.median(timed.times[1:]) * 1000
+        out[f"graph_{name}_peak_rss_mib"] = timed.peak_rss_mib
     return out
 
 
@@ -213,8 +217,11 @@ def main(argv=None):
           f"update graph +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, plain graph "
           f"+{row['thor_peak_rss_mib'] - row['thor_after_update_graph_rss_mib']:.0f}; "
           f"budget (Momentum + 2 x state + 200) {row['rss_budget_mib']:.0f}")
-    print("\nper THOR graph, compile s / run ms: " + "; ".join(
-        f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f}" for name in GRAPHS))
+    print("\nper THOR graph, compile s / run ms / peak RSS its first call added, MiB: " + "; ".join(
+        f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f} / "
+        f"+{row[f'thor_graph_{name}_peak_rss_mib'] - before:.0f}"
+        for name, before in zip(GRAPHS, [row["thor_built_rss_mib"]] + [
+            row[f"thor_graph_{g}_peak_rss_mib"] for g in GRAPHS[:-1]])))
     print(f"\nwritten {output}")
     return row
 
