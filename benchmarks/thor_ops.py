@@ -20,7 +20,9 @@ NB = D // B
 # name: (input kind, what it stands for)
 OPS = {
     "gradient column blocks: transpose (O, nb, b) -> (nb, O, b)": ("grad", "avoided"),
-    "grad @ blockdiag(A): transpose + bmm + transpose": ("grad", "used (thor_right_product bmm)"),
+    "gradient column blocks: Unstack + Stack (swap_leading)": ("grad", "used"),
+    "grad @ blockdiag(A): transpose + bmm + transpose": ("grad", "avoided"),
+    "grad @ blockdiag(A): swap_leading + bmm + swap_leading": ("grad", "used (thor_right_product bmm)"),
     "grad @ blockdiag(A): grouped 1x1 convolution": ("grad", "used (thor_right_product conv)"),
     "blockdiag(G) @ grad: reshape + bmm": ("grad", "used"),
     "zero padding: ops.pad (64 columns)": ("grad", "avoided"),
@@ -43,16 +45,24 @@ def _op(name):
     import mindspore as ms
     from mindspore import ops
 
-    from src.thor.blocks import _cut_to, _pad_to, apply_left, apply_right
+    from src.thor.blocks import _cut_to, _pad_to, apply_left, apply_right, swap_leading
     from src.thor.optimizer import _dot
     from src.train_step import _grad_sum_tensor
 
     tri = ops.MatrixTriangularSolve(lower=True)
     solve = ops.MatrixSolve()
     bmm_ta = ops.BatchMatMul(transpose_a=True)
+    bmm_tb = ops.BatchMatMul(transpose_b=True)
 
     def blocks_t(x, a):
         return apply_right(x, a, NB, B, "bmm")
+
+    def blocks_transpose(x, a):
+        cols = ops.transpose(ops.reshape(x, (O, NB, B)), (1, 0, 2))
+        return ops.reshape(ops.transpose(bmm_tb(cols, a), (1, 0, 2)), (O, D))
+
+    def swap_only(x, a):
+        return ops.reshape(swap_leading(ops.reshape(x, (O, NB, B))), (O, D))
 
     def chol_inv(m, eye):
         linv = tri(ops.cholesky(m), eye)
@@ -103,8 +113,9 @@ def _op(name):
     def dot_matvec(x, a):
         return x + ops.reshape(_dot(x, x + 1.0), ())
 
-    fns = [transpose_only, blocks_t, right_conv, left_bmm, pad_op, pad_concat, cut_strided, cut_slice,
-           where_scalar, where_full, finite_all, finite_sum, lu_inv, solve_inv, chol_inv, dot_sum, dot_matvec]
+    fns = [transpose_only, swap_only, blocks_transpose, blocks_t, right_conv, left_bmm, pad_op, pad_concat,
+           cut_strided, cut_slice, where_scalar, where_full, finite_all, finite_sum, lu_inv, solve_inv, chol_inv,
+           dot_sum, dot_matvec]
     table = dict(zip(OPS, fns))
     return table[name]
 
