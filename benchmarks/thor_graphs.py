@@ -86,7 +86,8 @@ def row(name, files):
     top = ", ".join(f"{op} {counts[op]} x {b / 2 ** 20:.0f}" for op, b in sizes.most_common(4))
     return {"step": name, "kernel_graphs": len(files), "nodes": nodes, "nodes_per_graph": per_graph,
             "output_mib": sum(mib_per_graph), "output_mib_per_graph": mib_per_graph,
-            "reshape_nodes": counts["PrimFunc_Reshape"], "top_ops_mib": top}
+            "reshape_nodes": counts["PrimFunc_Reshape"], "top_ops_mib": top,
+            "op_counts": dict(counts.most_common()), "op_output_mib": {op: b / 2 ** 20 for op, b in sizes.items()}}
 
 
 def main(argv=None):
