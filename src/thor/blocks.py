@@ -18,11 +18,12 @@ the (N, D, positions) layout with a batched matmul, never transposing an activat
 concatenation with zeros and the cut as ``ops.slice``.
 
 No ``ops.transpose`` anywhere: MindSpore's CPU Transpose kernel, given a constant permutation, builds a table of
-one 8-byte source index per element when the graph is compiled and keeps it as long as the graph lives (2 to 4
-times the tensor's own size: 90 transposes held about 540 MiB in THOR's plain-step graph). ``swap_leading`` swaps
-the two leading axes with an Unstack and a Stack along the shorter of them instead: no table, contiguous runs
-copied, and faster than the table's gather (python -m benchmarks.thor_ops). ``ops.pad`` is far slower than a
-concatenation; a cut is skipped when nothing is cut.
+one 8-byte source index per element when the graph is compiled and keeps it as long as the graph lives (a
+transpose of the 9 MiB 512 x 4608 gradient holds 32 MiB; THOR's plain-step graph had 90 of them and its process
+peaked 828 MiB higher; docs/performance.md). ``swap_leading`` swaps the two leading axes with an Unstack and a
+Stack along the shorter of them instead: no table, contiguous runs copied, and faster than the table's gather
+(python -m benchmarks.thor_ops). ``ops.pad`` is far slower than a concatenation; a cut is skipped when nothing is
+cut.
 """
 from __future__ import annotations
 
