@@ -11,7 +11,7 @@ Rows (each after warm-up; the median of ``--runs`` windows of ``--window`` steps
   Python loop (what the network alone costs);
 - train.py Momentum / THOR: the real entry point in a subprocess (synthetic data of the same size, our train
   step, callbacks, ``Model.train``); img/s of its logged windows, the first epoch (compile) left out; its peak
-  RSS from ``wait4``;
+  RSS as its own metrics log records it (``wait4``'s would include this process's, inherited through exec);
 - eval: ``LogitsCell`` forward passes on one batch (img/s).
 The ratio train.py Momentum / raw loop shows the overhead of our pipeline; data / train.py shows the head room
 of the input pipeline. Prints a markdown table and writes JSON to ``--output``.
@@ -116,13 +116,14 @@ def bench_train_py(args, optimizer):
            "--frequency", str(args.frequency), "--output_dir", out]
     with open(os.path.join(out, "stdout.txt"), "w") as log:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
+        status = child.wait()
+    if status != 0:
         raise SystemExit(f"train.py failed, see {out}/stdout.txt")
     events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     # epoch 2 only (epoch 1 holds the compile); its first window follows the epoch boundary
     rates = [e["img_per_s"] for e in events if e["event"] == "step" and e["epoch"] == 2][1:]
-    return statistics.median(rates), rates, usage.ru_maxrss / 1024
+    peak = max((e.get("peak_rss_mib") or 0.0) for e in events if e["event"] == "epoch")
+    return statistics.median(rates), rates, peak
 
 
 def main(argv=None):

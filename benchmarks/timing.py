@@ -33,13 +33,12 @@ def time_windows(step, warmup=1, runs=5, window=1, budget_s=None, min_runs=1):
 
 
 def status_mib(key):
-    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process from /proc/self/status, in MiB. Not
-    ``ru_maxrss``: a process started by vfork + exec inherits its parent's peak there."""
-    with open("/proc/self/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    """``VmRSS`` (resident now) or ``VmHWM`` (its peak) of this process in MiB (``src.host.memory_mib``; NaN where
+    /proc has none)."""
+    from src.host import memory_mib
+
+    value = memory_mib(key)
+    return float("nan") if value is None else value
 
 
 def host_info():

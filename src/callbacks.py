@@ -7,7 +7,7 @@ import time
 import numpy as np
 from mindspore.train.callback import Callback
 
-from src import checkpoint
+from src import checkpoint, host
 from src.errors import UserError
 
 
@@ -110,10 +110,12 @@ class TrainMonitor(Callback):
         mean_loss = float(np.mean(self.losses)) if self.losses else float("nan")
         steps = len(self.losses) + self.epoch_overflows
         ips = steps * self.global_batch / seconds if seconds > 0 else 0.0
+        peak = host.memory_mib("VmHWM")
         record = {"epoch": cb.cur_epoch_num, "step": cb.cur_epoch_num * self.spe, "loss": mean_loss,
-                  "seconds": seconds, "img_per_s": ips, "overflow_steps": self.epoch_overflows}
+                  "seconds": seconds, "img_per_s": ips, "overflow_steps": self.epoch_overflows, "peak_rss_mib": peak}
         self.history.append(record)
         self.log(f"epoch {cb.cur_epoch_num} done: mean loss {mean_loss:.4f}, {seconds:.1f} s, {ips:.1f} img/s"
+                 + (f", peak RSS {peak:.0f} MiB" if peak is not None else "")
                  + (f", {self.epoch_overflows} overflow steps skipped" if self.epoch_overflows else ""))
         self.metrics.write(event="epoch", **record)
 

@@ -1,4 +1,5 @@
-"""What this host's CPU asks of a MindSpore process: oneDNN's ISA cap and the data workers' core budget.
+"""What this host's CPU asks of a MindSpore process: oneDNN's ISA cap and the data workers' core budget; and
+this process's memory (:func:`memory_mib`).
 
 oneDNN cap. On hosts with AVX-512, oneDNN (MindSpore 2.10 ships v3.10) serves MindSpore's plain NCHW
 float32 3x3 and 7x7 convolutions with ``jit_uni_ncsp`` / a reference kernel, 80-180x slower than the ``gemm:jit``
@@ -145,3 +146,17 @@ def compile_cache_warning(environ: Mapping[str, str] | None = None) -> str | Non
     return (f"MS_COMPILER_CACHE_ENABLE=1: MindSpore reuses the graphs cached in {where} whenever the Python "
             "sources are unchanged, even after a config change (a width-8 run loaded a width-16 graph and "
             "diverged at step 1); use one MS_COMPILER_CACHE_PATH per config")
+
+
+def memory_mib(key: str = "VmHWM", path: str = "/proc/self/status") -> float | None:
+    """``VmHWM`` (peak resident set) or ``VmRSS`` (resident now) of this process in MiB, from /proc (Linux);
+    None where there is no such file or key. Not ``ru_maxrss``: a process started by vfork + exec (as
+    ``subprocess`` starts it) inherits its parent's peak there."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None

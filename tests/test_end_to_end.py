@@ -25,6 +25,8 @@ def test_training_writes_logs_metrics_checkpoints_and_config(trained, image_data
     events = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     kinds = [e["event"] for e in events]
     assert kinds.count("epoch") == 2 and kinds.count("eval") == 2 and kinds[-1] == "done"
+    peaks = [e["peak_rss_mib"] for e in events if e["event"] == "epoch"]  # the process's own peak, never lower
+    assert 100 < peaks[0] <= peaks[1] and f"peak RSS {peaks[1]:.0f} MiB" in proc.stdout
     evals = [e for e in events if e["event"] == "eval"]
     assert all(e["images"] == 15 for e in evals)  # val has 15 images: none dropped
     steps = [e for e in events if e["event"] == "step"]

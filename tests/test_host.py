@@ -135,3 +135,12 @@ def test_compile_cache_warning_names_the_cache_path():
     warning = host.compile_cache_warning({"MS_COMPILER_CACHE_ENABLE": "1", "MS_COMPILER_CACHE_PATH": "/tmp/c"})
     assert "/tmp/c" in warning and "one MS_COMPILER_CACHE_PATH per config" in warning
     assert "working directory" in host.compile_cache_warning({"MS_COMPILER_CACHE_ENABLE": "1"})
+
+
+def test_memory_mib_reads_proc_status_and_is_none_without_it(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nVmHWM:\t  204800 kB\nVmRSS:\t  102400 kB\n")
+    assert host.memory_mib("VmHWM", str(status)) == 200.0 and host.memory_mib("VmRSS", str(status)) == 100.0
+    assert host.memory_mib("VmSwap", str(status)) is None
+    assert host.memory_mib("VmHWM", str(tmp_path / "missing")) is None  # not Linux: the logs leave it out
+    assert 0 < host.memory_mib("VmRSS") <= host.memory_mib("VmHWM")  # this process
