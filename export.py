@@ -15,7 +15,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
-from src import runtime
+from src import host, runtime
 from src.entry import Option, config_for_checkpoint, load_network, parse_script_args
 from src.errors import UserError, cli_main
 
@@ -104,7 +104,9 @@ def main(argv=None):
     finally:
         if os.path.exists(tmp_stem + FORMATS[fmt]):
             os.remove(tmp_stem + FORMATS[fmt])
-    print(f"exported {final} ({fmt}, input {batch}x3x{size}x{size})", flush=True)
+    peak = host.memory_mib("VmHWM")
+    print(f"exported {final} ({fmt}, input {batch}x3x{size}x{size}"
+          + (f", peak RSS {peak:.0f} MiB)" if peak is not None else ")"), flush=True)
     return final
 
 

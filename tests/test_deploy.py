@@ -7,6 +7,8 @@ import pytest
 from conftest import fails_cleanly, last_json, run_script, write_image_folder
 from PIL import Image
 
+from benchmarks.export_formats import PEAK
+
 pytestmark = pytest.mark.slow  # end-to-end through the real scripts
 
 
@@ -28,6 +30,8 @@ def test_export_and_verify(trained, tmp_path, fmt, batch):
     diff = float(line[0].split("= ")[1].split()[0])
     assert diff < 1e-4
     assert f"input {batch}x3x16x16" in proc.stdout
+    peak = PEAK.search(proc.stdout)  # what benchmarks.export_formats reads
+    assert peak and int(peak.group(1)) > 100, proc.stdout
     assert os.path.getsize(target + "." + fmt.lower()) > 1000
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
 
