@@ -217,11 +217,13 @@ def main(argv=None):
           f"update graph +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, plain graph "
           f"+{row['thor_peak_rss_mib'] - row['thor_after_update_graph_rss_mib']:.0f}; "
           f"budget (Momentum + 2 x state + 200) {row['rss_budget_mib']:.0f}")
-    print("\nper THOR graph, compile s / run ms / peak RSS its first call added, MiB: " + "; ".join(
-        f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f} / "
-        f"+{row[f'thor_graph_{name}_peak_rss_mib'] - before:.0f}"
-        for name, before in zip(GRAPHS, [row["thor_built_rss_mib"]] + [
-            row[f"thor_graph_{g}_peak_rss_mib"] for g in GRAPHS[:-1]])))
+    parts, before = [], row["thor_built_rss_mib"]  # the graphs' first calls run in GRAPHS order
+    for name in GRAPHS:
+        peak = row[f"thor_graph_{name}_peak_rss_mib"]
+        parts.append(f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f} / "
+                     f"+{peak - before:.0f}")
+        before = peak
+    print("\nper THOR graph, compile s / run ms / peak RSS its first call added, MiB: " + "; ".join(parts))
     print(f"\nwritten {output}")
     return row
 

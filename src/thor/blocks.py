@@ -65,12 +65,18 @@ def _cut_to(x, rows, cols):
     return ops.slice(x, (0, 0), (rows, cols))
 
 
+def _swap_adjacent(x: Tensor, axis: int) -> Tensor:
+    """``x`` with axes ``axis`` and ``axis + 1`` swapped, by an Unstack along the shorter of the two and a Stack at
+    the other's place (no index table; see the module docstring)."""
+    if x.shape[axis + 1] <= x.shape[axis]:
+        return ops.stack(ops.unstack(x, axis=axis + 1), axis=axis)
+    return ops.stack(ops.unstack(x, axis=axis), axis=axis + 1)
+
+
 def swap_leading(x: Tensor) -> Tensor:
     """(P, Q, ...) -> (Q, P, ...), as ``ops.transpose(x, (1, 0, 2, ...))`` computes it, with an Unstack and a Stack
     along the shorter of the two axes (no index table; see the module docstring)."""
-    if x.shape[1] <= x.shape[0]:
-        return ops.stack(ops.unstack(x, axis=1), axis=0)
-    return ops.stack(ops.unstack(x, axis=0), axis=1)
+    return _swap_adjacent(x, 0)
 
 
 def to_block_columns(x: Tensor, nb: int, b: int) -> Tensor:
@@ -101,7 +107,7 @@ def sample_block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
     if 4 * positions < b:  # (N, nb, b, L) -> (N, nb, L, b) -> (nb, N, L, b), then X_k^T X_k per block
         x = ops.reshape(x, (n, nb, b, positions))
         if positions > 1:
-            x = ops.stack(ops.unstack(x, axis=3), axis=2)
+            x = _swap_adjacent(x, 2)
         cols = ops.reshape(swap_leading(ops.reshape(x, (n, nb, positions * b))), (nb, n * positions, b))
         return _BMM_TA(cols, cols) * scale
     rows = ops.reshape(x, (n * nb, b, positions))
