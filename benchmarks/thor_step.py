@@ -7,9 +7,11 @@ Two processes, one after the other, each building its training cell as train.py 
 scale 128, ``split_dim`` 128, the default thor_convention):
 
 - ``momentum``: a Momentum run alone: its compile time and peak RSS.
-- ``thor``: one THOR run. Its first step is an update step (compiles its three graphs: the gradients with
-  statistics capture, the factor refresh, the preconditioned step), its second a plain one (compiles the plain
-  step's graph, without statistics); its peak RSS is read then, as a real THOR run holds all its graphs. Then a
+- ``thor``: one THOR run. Its first step is an update step, its second a plain one; its peak RSS is read then,
+  as a real THOR run holds all its graphs. With ``--update_pass statistics`` (the default) the update step
+  compiles the statistics pass, the factor refresh and the plain step's graph, which the plain step reuses; with
+  ``step``, the gradients with statistics capture, the refresh and the preconditioned step, and the plain step
+  compiles its own graph. Then a
   Momentum cell is built in the same process and ``--runs`` rounds are timed, each one window of ``--window`` steps of
   Momentum, of THOR plain and of THOR update steps, one after the other: the ratios of a round are taken within
   seconds of each other, so a machine whose speed drifts (this VM's does by 10-30% between minutes) moves all
@@ -68,7 +70,7 @@ def build_cell(optimizer, args, steps=100000):
                       "--batch_size", str(args.batch_size), "--train_image_size", str(args.image_size),
                       "--loss_scale", "128", "--split_dim", str(args.split_dim), "--epoch_size", "1",
                       "--warmup_epochs", "0", "--optimizer", optimizer, "--kl_clip", str(args.kl_clip),
-                      "--thor_right_product", args.right_product])
+                      "--thor_right_product", args.right_product, "--thor_update_pass", args.update_pass])
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size)).astype(np.float32))
     y = ms.Tensor(rng.integers(0, 1000, args.batch_size).astype(np.int32))
@@ -81,11 +83,14 @@ def build_cell(optimizer, args, steps=100000):
 
 # the options build_cell reads (shared with benchmarks.thor_memory)
 CELL_OPTIONS = {"image_size": 32, "batch_size": 32, "split_dim": 128, "kl_clip": 0.0, "right_product": "bmm",
-                "device_target": "CPU"}
+                "update_pass": "statistics", "device_target": "CPU"}
 CELL_HELPS = {"kl_clip": "THOR's KL clip (the CIFAR-10 recipes use 0.01)",
-              "right_product": "thor_right_product: bmm or conv"}
+              "right_product": "thor_right_product: bmm or conv",
+              "update_pass": "thor_update_pass: statistics or step"}
 
-GRAPHS = ("capture_gradients", "refresh_factors", "apply_step")  # the THOR update step's graphs
+# the THOR update step's graphs, in the order they run, per thor_update_pass (plain_step is the plain step's graph)
+GRAPHS = {"statistics": ("statistics", "refresh_factors", "plain_step"),
+          "step": ("capture_gradients", "refresh_factors", "apply_step")}
 
 
 class _TimedGraph:
@@ -111,9 +116,9 @@ class _TimedGraph:
 
 
 def time_graphs(cell):
-    """Wrap each graph of a THOR trainer; returns ``{name: _TimedGraph}``."""
+    """Wrap each graph of a THOR trainer's update step; returns ``{name: _TimedGraph}``."""
     timed = {}
-    for name in GRAPHS:
+    for name in GRAPHS[cell.update_pass]:
         timed[name] = _TimedGraph(getattr(cell, name))
         object.__setattr__(cell, name, timed[name])  # an instance attribute, found before nn.Cell's sub-cells
     return timed
@@ -217,8 +222,8 @@ def main(argv=None):
           f"update graph +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, plain graph "
           f"+{row['thor_peak_rss_mib'] - row['thor_after_update_graph_rss_mib']:.0f}; "
           f"budget (Momentum + 2 x state + 200) {row['rss_budget_mib']:.0f}")
-    parts, before = [], row["thor_built_rss_mib"]  # the graphs' first calls run in GRAPHS order
-    for name in GRAPHS:
+    parts, before = [], row["thor_built_rss_mib"]  # the graphs' first calls run in GRAPHS' order
+    for name in GRAPHS[args.update_pass]:
         peak = row[f"thor_graph_{name}_peak_rss_mib"]
         parts.append(f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f} / "
                      f"+{peak - before:.0f}")

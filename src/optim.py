@@ -122,7 +122,8 @@ def create_train_cell(cfg: EasyDict, net_with_loss: nn.Cell, optimizer: nn.Optim
     dynamic = cfg.loss_scale_mode == "dynamic"
     if isinstance(optimizer, Thor):
         cell = ThorTrainer(net_with_loss, optimizer, thor_update_flags(cfg, steps_per_epoch),
-                           loss_scale=cfg.loss_scale, dynamic=dynamic, window=cfg.loss_scale_window, warn=warn)
+                           loss_scale=cfg.loss_scale, dynamic=dynamic, window=cfg.loss_scale_window, warn=warn,
+                           update_pass=cfg.thor_update_pass)
         cell.set_train()
         return cell
     cell = TrainStep(net_with_loss, optimizer, loss_scale=cfg.loss_scale, dynamic=dynamic,

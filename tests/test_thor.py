@@ -111,19 +111,21 @@ def _blocks_to_dense(blocks, d):
 
 
 def _build(split_dim, damping=0.01, loss_scale=8.0, lr=1.0, momentum=0.0, steps=1, frequency=1, mode="fixed",
-           factor_decay=0.0, w1=0.01, w2=0.0, seed=0, kl_clip=0.0, convention="kfac"):
+           factor_decay=0.0, w1=0.01, w2=0.0, seed=0, kl_clip=0.0, convention="kfac", net_class=TinyNet,
+           update_pass="statistics"):
     """The tiny net under THOR; the references of this file use the kfac convention's damping
     (test_thor_parity.py covers both conventions)."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(seed)
-    net = TinyNet()
+    net = net_class()
     layers = attach(net, split_dim=split_dim)
     n = max(steps, 2)
     opt = Thor(net.trainable_params(), ms.Tensor(np.full(n, lr, np.float32)), np.full(n, damping),
                momentum, layers, mode=mode, factor_decay=factor_decay, trace_w1=w1, trace_w2=w2, kl_clip=kl_clip,
                convention=convention)
     flags = thor_update_steps(steps, steps, frequency)
-    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, flags, loss_scale=loss_scale)
+    trainer = ThorTrainer(NetWithLoss(net, nn.CrossEntropyLoss()), opt, flags, loss_scale=loss_scale,
+                          update_pass=update_pass)
     trainer.set_train()
     return net, opt, trainer
 
@@ -328,6 +330,40 @@ def test_statistics_and_inverses_change_only_on_update_steps():
     assert changed_stats == expected
     assert changed_inv == expected
     assert int(opt.thor_updates.asnumpy()) == 3 and trainer.last_update == (6, 2)
+
+
+class TinyBNNet(nn.Cell):
+    """TinyNet with a batch norm after the convolution: moving statistics the update step must move once."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(C, K, 3, stride=2, pad_mode="pad", padding=1, has_bias=False)
+        self.bn = nn.BatchNorm2d(K)
+        self.relu = nn.ReLU()
+        self.fc = nn.Dense(K, CLASSES)
+
+    def construct(self, x):
+        return self.fc(ops.mean(self.relu(self.bn(self.conv(x))), (2, 3)))
+
+
+def test_both_update_passes_train_bit_for_bit_alike():
+    """The statistics pass (then the plain step) and the step's own captured gradients give the same run: every
+    parameter, moment, batch norm moving statistic and THOR factor, inverse and counter, to the last bit."""
+    runs = {}
+    for update_pass in ("statistics", "step"):
+        _, _, trainer = _build(4, lr=0.1, momentum=0.9, steps=5, frequency=2, seed=2, net_class=TinyBNNet,
+                               update_pass=update_pass)
+        losses = [float(trainer(*map(Tensor, _data(seed=step)))[0].asnumpy()) for step in range(5)]
+        runs[update_pass] = losses, {p.name: p.asnumpy().copy() for p in trainer.get_parameters()}
+    (loss_s, params_s), (loss_t, params_t) = runs["statistics"], runs["step"]
+    assert loss_s == loss_t
+    assert params_s.keys() == params_t.keys()
+    moved = [name for name in params_s if "moving_" in name]
+    assert len(moved) == 2 and all(not np.array_equal(params_s[name], 1.0 * (name.endswith("variance")))
+                                   for name in moved)
+    assert int(params_s["thor.updates"]) == 3
+    for name in params_s:
+        np.testing.assert_array_equal(params_s[name], params_t[name], err_msg=name)
 
 
 def test_update_schedule_any_frequency_and_growth():

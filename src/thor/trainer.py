@@ -2,25 +2,36 @@
 
 ``plain`` step, one graph: forward, backward, preconditioning with the stored inverses, momentum step; it holds
 no statistics work, so a non-update step costs about what a Momentum step costs.
-``update`` step, three graphs run one after the other: the forward with A capture and the backward with G
-capture, which returns the gradients (TrainStep.gradients, compiled with thor_capture True); when the gradients
-are finite, the factor and inverse refresh (``Thor.refresh``); then the preconditioned momentum step and the
-loss-scale update (TrainStep.apply). Gradients and step are the two halves of one TrainStep, so the arithmetic is
-that of one graph. Split, the graphs do not hold their kernels' memory at once (on CPU a compiled graph keeps
-its kernels' memory): the update step's graphs add about 230 MiB less to the peak RSS than with the refresh in
-the step's graph, and they compile in 33 s instead of 38-41 (python -m benchmarks.thor_step, full-width
-ResNet-50 at 32x32; docs/performance.md). The plain step stays one graph: split the same way, it ran 1.52x
-Momentum's step against 1.42-1.47x. The gradients pass between graphs as a ``mutable`` tuple (a tuple of tensors
-given to a graph is otherwise a constant, and the graph would be compiled at every call).
+
+``update`` step, in one of two layouts (config key ``thor_update_pass``), each a few graphs run one after the
+other. The arithmetic of the step is the same in both (tests/test_thor.py checks every parameter bit for bit);
+what differs is what the compiled graphs hold (on CPU a compiled graph keeps its kernels' memory, oneDNN
+scratchpads included):
+
+- ``statistics`` (the default): a statistics pass, the forward with A capture and the backward *to the image*
+  with G capture (no weight gradient is formed, so the convolutions' backward-weights kernels, which hold the
+  largest oneDNN scratchpads, are not compiled a second time); when the statistics are finite, the factor and
+  inverse refresh (``Thor.refresh``); then the plain step's own graph. The pass leaves the batch norm moving
+  statistics alone, so the update step moves them once, as a plain step does. It holds less memory (one fewer
+  compiled backward) and its update step costs a forward/backward-to-the-image more than ``step``'s
+  (python -m benchmarks.thor_step --update_pass ..., docs/performance.md).
+- ``step``: the forward with A capture and the backward with G capture return the gradients
+  (TrainStep.gradients, compiled with thor_capture True); when the gradients are finite, the refresh; then the
+  preconditioned momentum step and the loss-scale update (TrainStep.apply). Gradients and step are the two
+  halves of one TrainStep. The fastest update step; it holds a second copy of every backward kernel. The
+  gradients pass between graphs as a ``mutable`` tuple (a tuple of tensors given to a graph is otherwise a
+  constant, and the graph would be compiled at every call).
 
 The step counter is the optimizer's ``global_step`` (restored from checkpoints), so resuming continues the
 cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
 """
 import numpy as np
-from mindspore import mutable, nn
+from mindspore import ParameterTuple, mutable, nn, ops
 
 from src.thor.capture import set_capture
-from src.train_step import TrainStep
+from src.train_step import TrainStep, _grad_sum_tensor
+
+UPDATE_PASSES = ("statistics", "step")
 
 
 class _Gradients(nn.Cell):
@@ -32,6 +43,37 @@ class _Gradients(nn.Cell):
 
     def construct(self, image, label):
         return self.step.gradients(image, label)
+
+
+class _Statistics(nn.Cell):
+    """A graph of the statistics pass: the loss-scaled backward to the image, with statistics capture (as compiled
+    here); no weight gradient and no step. Returns True when every layer's G statistics are finite (a loss-scale
+    overflow shows there first: they hold squared output gradients). The forward runs in training mode and moves
+    the batch norm moving statistics (the network's non-trainable parameters other than THOR's); they are put back
+    afterwards, for the plain step to move them once (tests/test_thor.py checks the whole run against the ``step``
+    pass, bit for bit)."""
+
+    def __init__(self, step, layers):
+        super().__init__(auto_prefix=False)
+        self.network = step.network
+        self.loss_scale = step.loss_scale
+        self.grad = ops.GradOperation(sens_param=True)
+        self.g_stats = ParameterTuple([cell.thor_g for cell in layers])
+        self.kept = ParameterTuple([p for p in self.network.get_parameters()
+                                    if not p.requires_grad and not p.name.startswith("thor.")])
+
+    def construct(self, image, label):
+        saved = ()
+        for p in self.kept:
+            saved = saved + (p * 1.0,)
+        done = self.grad(self.network)(ops.depend(image, saved), label, self.loss_scale * 1.0)
+        sums = ()
+        for g in self.g_stats:
+            sums = sums + (_grad_sum_tensor(ops.depend(g, done)),)
+        finite = ops.isfinite(ops.stack(sums)).all()
+        for i in range(len(self.kept)):
+            finite = ops.depend(finite, ops.assign(self.kept[i], ops.depend(saved[i], done)))
+        return finite
 
 
 class _Refresh(nn.Cell):
@@ -59,13 +101,20 @@ class _Apply(nn.Cell):
 class ThorTrainer(nn.Cell):
     """Outputs ``(loss, overflow, loss_scale)`` like TrainStep."""
 
-    def __init__(self, net_with_loss, optimizer, update_flags, loss_scale=1.0, dynamic=False, window=2000, warn=print):
+    def __init__(self, net_with_loss, optimizer, update_flags, loss_scale=1.0, dynamic=False, window=2000, warn=print,
+                 update_pass="statistics"):
         super().__init__(auto_prefix=False)
+        if update_pass not in UPDATE_PASSES:
+            raise ValueError(f"THOR update_pass must be one of {UPDATE_PASSES}, got {update_pass!r}")
+        self.update_pass = update_pass
         self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
         # the update step's graphs: cells of their own over the same TrainStep, so each compiles separately
-        self.capture_gradients = _Gradients(self.plain_step)
+        if update_pass == "statistics":
+            self.statistics = _Statistics(self.plain_step, optimizer.thor_layers)
+        else:
+            self.capture_gradients = _Gradients(self.plain_step)
+            self.apply_step = _Apply(self.plain_step)
         self.refresh_factors = _Refresh(optimizer)
-        self.apply_step = _Apply(self.plain_step)
         optimizer.loss_scale_ref = self.plain_step.loss_scale
         self.optimizer = optimizer
         self.damping_schedule = optimizer.damping.asnumpy()  # per step, fixed for the run (for log lines)
@@ -88,7 +137,8 @@ class ThorTrainer(nn.Cell):
         opt = self.optimizer
         mode = "trace" if opt.trace_mode else "fixed"
         return (f"THOR: {len(opt.thor_layers)} preconditioned layers, {mode} mode, {opt.convention} convention, "
-                f"{int(self.update_flags.sum())} update steps in {len(self.update_flags)}, "
+                f"{int(self.update_flags.sum())} update steps in {len(self.update_flags)} "
+                f"({self.update_pass} pass), "
                 f"state {opt.state_bytes() / 2**20:.1f} MiB")
 
     def log_fields(self):
@@ -105,12 +155,19 @@ class ThorTrainer(nn.Cell):
             return self.plain_step(image, label)
         set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
         try:
-            loss, grads, finite, scale = self.capture_gradients(image, label)
+            if self.update_pass == "statistics":
+                finite = self.statistics(image, label)
+            else:
+                loss, grads, finite, scale = self.capture_gradients(image, label)
         finally:
             set_capture(self.optimizer.thor_layers, False)
-        if bool(finite.asnumpy()):  # an overflowed step is skipped: it refreshes nothing, the next step retries
+        # an overflow refreshes nothing; the step that overflowed is skipped and the next one retries the update
+        if bool(finite.asnumpy()):
             self.refresh_factors()
-        out = self.apply_step(loss, mutable(grads), finite, scale)
+        if self.update_pass == "statistics":
+            out = self.plain_step(image, label)
+        else:
+            out = self.apply_step(loss, mutable(grads), finite, scale)
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
         nonfinite = int(self.optimizer.thor_nonfinite.asnumpy())
         if nonfinite > self.nonfinite_seen:
