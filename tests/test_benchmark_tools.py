@@ -94,3 +94,17 @@ def test_status_mib_reads_this_process():
     from benchmarks.timing import status_mib
     now, peak = status_mib("VmRSS"), status_mib("VmHWM")
     assert 0 < now <= peak
+
+
+def test_conv_scratchpad_shapes_and_heap_reading():
+    import pytest
+
+    from benchmarks.conv_scratchpad import heap_mib, parse_shape
+    assert parse_shape("512,64,3,8") == (512, 64, 3, 8)
+    for bad in ("512,64,3", "512,64,0,8", "a,b,c,d"):
+        with pytest.raises(ValueError, match="in,out,kernel,size"):
+            parse_shape(bad)
+    before = heap_mib()
+    block = bytearray(64 * 2 ** 20)  # one malloc'd block, about 64 MiB
+    assert heap_mib() - before >= 63
+    del block
