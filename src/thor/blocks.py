@@ -141,7 +141,9 @@ def damped_inverse(blocks: Tensor, damping: Tensor, diag: Tensor | None = None) 
     diag = block_diagonal(blocks) if diag is None else diag
     eye = ops.broadcast_to(ops.eye(b, b, ms.float32), (nb, b, b))
     shift = ops.maximum(damping, ops.reshape(diag.max(axis=1), (nb, 1, 1)) * (b * _UNIT_ROUNDOFF))
-    return _SOLVE(blocks + shift * eye, eye)
+    # broadcast first: a CPU Mul of (nb, 1, 1) by (nb, b, b) builds two 8-byte indices per output element on its
+    # first run and keeps them while its graph lives (python -m benchmarks.thor_ops, "damping on the diagonal")
+    return _SOLVE(blocks + ops.broadcast_to(shift, (nb, b, b)) * eye, eye)
 
 
 RIGHT_PRODUCTS = ("bmm", "conv")
