@@ -11,11 +11,10 @@ scale 128, ``split_dim`` 128, the default thor_convention):
   as a real THOR run holds all its graphs. With ``--update_pass statistics`` (the default) the update step
   compiles the statistics pass, the factor refresh and the plain step's graph, which the plain step reuses; with
   ``step``, the gradients with statistics capture, the refresh and the preconditioned step, and the plain step
-  compiles its own graph. Then a
-  Momentum cell is built in the same process and ``--runs`` rounds are timed, each one window of ``--window`` steps of
-  Momentum, of THOR plain and of THOR update steps, one after the other: the ratios of a round are taken within
-  seconds of each other, so a machine whose speed drifts (this VM's does by 10-30% between minutes) moves all
-  three alike.
+  compiles its own graph. Then a Momentum cell is built in the same process and ``--runs`` rounds are timed, each
+  one window of ``--window`` steps of Momentum, of THOR plain and of THOR update steps, one after the other: the
+  ratios of a round are taken within seconds of each other, so a machine whose speed drifts (this VM's does by
+  10-30% between minutes) moves all three alike.
 
 Each window ends by reading the loss back. Reported: the median over rounds of each step time and of THOR's
 plain and update steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1)

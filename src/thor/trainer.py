@@ -11,8 +11,8 @@ scratchpads included):
 - ``statistics`` (the default): a statistics pass, the forward with A capture and the backward *to the image*
   with G capture (no weight gradient is formed, so the convolutions' backward-weights kernels, which hold the
   largest oneDNN scratchpads, are not compiled a second time); when the statistics are finite, the factor and
-  inverse refresh (``Thor.refresh``); then the plain step's own graph. The pass leaves the batch norm moving
-  statistics alone, so the update step moves them once, as a plain step does. It holds less memory (one fewer
+  inverse refresh (``Thor.refresh``); then the plain step's own graph. The pass puts the batch norm moving
+  statistics back, so the update step moves them once, as a plain step does. It holds less memory (one fewer
   compiled backward) and its update step costs a forward/backward-to-the-image more than ``step``'s
   (python -m benchmarks.thor_step --update_pass ..., docs/performance.md).
 - ``step``: the forward with A capture and the backward with G capture return the gradients
@@ -161,7 +161,8 @@ class ThorTrainer(nn.Cell):
                 loss, grads, finite, scale = self.capture_gradients(image, label)
         finally:
             set_capture(self.optimizer.thor_layers, False)
-        # an overflow refreshes nothing; the step that overflowed is skipped and the next one retries the update
+        # an overflow refreshes nothing; a step whose gradients overflow is skipped, and the next one retries the
+        # update (the step counter does not advance)
         if bool(finite.asnumpy()):
             self.refresh_factors()
         if self.update_pass == "statistics":
