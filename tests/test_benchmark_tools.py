@@ -108,3 +108,16 @@ def test_conv_scratchpad_shapes_and_heap_reading():
     block = bytearray(64 * 2 ** 20)  # one malloc'd block, about 64 MiB
     assert heap_mib() - before >= 63
     del block
+
+
+def test_graph_memory_arms_build_the_graphs_they_name(capsys):
+    """Each arm's graph compiles and runs in this process (the child side) and computes what it names: 3 additions
+    to ones give 4 per element; both tuples hold x * 1 .. x * 4, the last summing to 16 * 4."""
+    import json
+
+    from benchmarks.graph_memory import main
+    for arm, elements, last_sum in (("adds", 1, 64.0), ("tuple_loop", 4, 64.0), ("tuple_hypermap", 4, 64.0)):
+        main(["--nodes", "3", "--length", "4", "--arm", arm])
+        line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RESULT ")][-1]
+        result = json.loads(line[len("RESULT "):])
+        assert (result["elements"], result["last_sum"]) == (elements, last_sum)

@@ -88,6 +88,34 @@ def _eye_blocks(nb, b):
     return Tensor(np.broadcast_to(np.eye(b, dtype=np.float32), (nb, b, b)).copy())
 
 
+# Per-parameter functions over the whole gradient tuple, applied with HyperMap. A graph-mode loop that builds its
+# result as ``out = out + (g,)`` makes a tuple of 1, 2, ..., n elements: for ResNet-50's 161 parameters that is
+# 13,000 tuple entries, and the compiled graph kept about 280 MiB more than with HyperMap, which builds one tuple
+# (python -m benchmarks.thor_step; docs/performance.md). ``info``: ``Thor.param_info`` of the parameter,
+# (layer, rows, nb_A, b_A, nb_G, b_G), layer -1 for a parameter THOR does not precondition.
+_precondition_one = ops.MultitypeFuncGraph("thor_precondition_one")
+_kl_scale = ops.MultitypeFuncGraph("thor_kl_scale")
+
+
+@_precondition_one.register("Tuple", "Tuple", "String", "Tuple", "Tensor")
+def _precondition_tensor(a_inv, g_inv, how, info, grad):
+    """G^-1 grad A^-1 for a preconditioned layer's weight gradient, reshaped to (rows, -1) and back."""
+    layer = info[0]
+    if layer < 0:
+        return grad
+    g2 = apply_right(ops.reshape(grad, (info[1], -1)), a_inv[layer], info[2], info[3], how)
+    g2 = apply_left(g_inv[layer], g2, info[4], info[5])
+    return ops.reshape(g2, grad.shape)
+
+
+@_kl_scale.register("Tensor", "Tuple", "Tensor")
+def _kl_scale_tensor(nu, info, grad):
+    """The KL clip's factor on a preconditioned gradient."""
+    if info[0] < 0:
+        return grad
+    return grad * nu
+
+
 class Thor(nn.Momentum):
     """THOR optimizer over ``params`` (the same groups nn.Momentum takes) for the capturing ``layers``."""
 
@@ -123,6 +151,8 @@ class Thor(nn.Momentum):
         self.a_layout = tuple(cell.thor_a_layout for cell in layers)
         self.g_layout = tuple(cell.thor_g_layout for cell in layers)
         self.dims = tuple(cell.thor_dims for cell in layers)
+        self.param_info = tuple((l, self.weight_shapes[l][0], *self.a_layout[l], *self.g_layout[l]) if l >= 0
+                                else (-1, 0, 0, 0, 0, 0) for l in self.param_layer)
 
         def state(suffix, layout_of, init):
             return ParameterTuple([Parameter(init(*layout_of(c)), name=f"thor.{c.thor_name}.{suffix}",
@@ -233,20 +263,8 @@ class Thor(nn.Momentum):
         return ops.assign(self.thor_refreshed, ops.cast(count, ms.int32))
 
     def _precondition(self, gradients):
-        out = ()
-        for i in range(len(self.param_layer)):
-            l = self.param_layer[i]
-            g = gradients[i]
-            if l >= 0:
-                o = self.weight_shapes[l][0]
-                nba, ba = self.a_layout[l]
-                nbg, bg = self.g_layout[l]
-                g2 = ops.reshape(g, (o, -1))
-                g2 = apply_right(g2, self.a_inv[l], nba, ba, self.right_product)
-                g2 = apply_left(self.g_inv[l], g2, nbg, bg)
-                g = ops.reshape(g2, self.weight_shapes[l])
-            out = out + (g,)
-        return out
+        return self.hyper_map(ops.partial(_precondition_one, self.a_inv, self.g_inv, self.right_product),
+                              self.param_info, gradients)
 
     def _kl_clip(self, new_grads, gradients, lr):
         vg = ops.zeros((), ms.float32)
@@ -255,13 +273,7 @@ class Thor(nn.Momentum):
                 vg = vg + ops.reshape(_dot(new_grads[i], gradients[i]), ())
         vg = vg * lr * lr
         nu = ops.minimum(ops.ones((), ms.float32), ops.sqrt(self.kl_clip / ops.maximum(vg, 1e-30)))
-        out = ()
-        for i in range(len(self.param_layer)):
-            g = new_grads[i]
-            if self.param_layer[i] >= 0:
-                g = g * nu
-            out = out + (g,)
-        return out
+        return self.hyper_map(ops.partial(_kl_scale, nu), self.param_info, new_grads)
 
     def construct(self, gradients):
         params = self.params

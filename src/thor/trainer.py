@@ -45,6 +45,22 @@ class _Gradients(nn.Cell):
         return self.step.gradients(image, label)
 
 
+# tuples are built with HyperMap, not with ``out = out + (x,)`` in a loop (see the note in optimizer.py)
+_copy = ops.MultitypeFuncGraph("thor_copy")
+_sum_after = ops.MultitypeFuncGraph("thor_sum_after")
+
+
+@_copy.register("Tensor")
+def _copy_tensor(x):
+    return x * 1.0
+
+
+@_sum_after.register("Tensor", "Tensor")
+def _sum_after_tensor(done, x):
+    """The sum of ``x``'s elements, read after ``done``."""
+    return _grad_sum_tensor(ops.depend(x, done))
+
+
 class _Statistics(nn.Cell):
     """A graph of the statistics pass: the loss-scaled backward to the image, with statistics capture (as compiled
     here); no weight gradient and no step. Returns True when every layer's G statistics are finite (a loss-scale
@@ -58,19 +74,15 @@ class _Statistics(nn.Cell):
         self.network = step.network
         self.loss_scale = step.loss_scale
         self.grad = ops.GradOperation(sens_param=True)
+        self.hyper_map = ops.HyperMap()
         self.g_stats = ParameterTuple([cell.thor_g for cell in layers])
         self.kept = ParameterTuple([p for p in self.network.get_parameters()
                                     if not p.requires_grad and not p.name.startswith("thor.")])
 
     def construct(self, image, label):
-        saved = ()
-        for p in self.kept:
-            saved = saved + (p * 1.0,)
+        saved = self.hyper_map(_copy, self.kept)
         done = self.grad(self.network)(ops.depend(image, saved), label, self.loss_scale * 1.0)
-        sums = ()
-        for g in self.g_stats:
-            sums = sums + (_grad_sum_tensor(ops.depend(g, done)),)
-        finite = ops.isfinite(ops.stack(sums)).all()
+        finite = ops.isfinite(ops.stack(self.hyper_map(ops.partial(_sum_after, done), self.g_stats))).all()
         for i in range(len(self.kept)):
             finite = ops.depend(finite, ops.assign(self.kept[i], ops.depend(saved[i], done)))
         return finite
