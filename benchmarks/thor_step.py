@@ -101,6 +101,9 @@ class _TimedGraph:
         self.times = []
         self.peak_rss_mib = None
 
+    def __getattr__(self, name):  # the trainer's other uses of the graph cell (statistics.hold_moving_statistics)
+        return getattr(self.cell, name)
+
     def __call__(self, *args):
         start = time.perf_counter()
         out = self.cell(*args)

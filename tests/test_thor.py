@@ -2,8 +2,9 @@
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 
+from src.errors import UserError
 from src.optim import NetWithLoss
 from src.schedules import thor_update_steps
 from src.thor.blocks import (
@@ -364,6 +365,24 @@ def test_both_update_passes_train_bit_for_bit_alike():
     assert int(params_s["thor.updates"]) == 3
     for name in params_s:
         np.testing.assert_array_equal(params_s[name], params_t[name], err_msg=name)
+
+
+class _CountingNet(TinyBNNet):
+    """TinyBNNet with a non-trainable counter that its forward moves: state the statistics pass cannot hold."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = Parameter(Tensor(np.zeros(1, np.float32)), name="seen", requires_grad=False)
+
+    def construct(self, x):
+        x = ops.depend(x, ops.assign_add(self.seen, ops.ones(1, ms.float32)))
+        return super().construct(x)
+
+
+def test_statistics_pass_refuses_state_it_would_change():
+    with pytest.raises(UserError, match="'seen'.*thor_update_pass: step"):
+        _build(4, net_class=_CountingNet)
+    _build(4, net_class=_CountingNet, update_pass="step")  # the step layout moves such state once anyway
 
 
 def test_update_schedule_any_frequency_and_growth():

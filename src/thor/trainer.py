@@ -28,6 +28,7 @@ cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
 import numpy as np
 from mindspore import ParameterTuple, mutable, nn, ops
 
+from src.errors import UserError
 from src.thor.capture import set_capture
 from src.train_step import TrainStep, _grad_sum_tensor
 
@@ -45,14 +46,8 @@ class _Gradients(nn.Cell):
         return self.step.gradients(image, label)
 
 
-# tuples are built with HyperMap, not with ``out = out + (x,)`` in a loop (see the note in optimizer.py)
-_copy = ops.MultitypeFuncGraph("thor_copy")
+# the G sums are built with HyperMap, not with ``out = out + (x,)`` in a loop (see the note in optimizer.py)
 _sum_after = ops.MultitypeFuncGraph("thor_sum_after")
-
-
-@_copy.register("Tensor")
-def _copy_tensor(x):
-    return x * 1.0
 
 
 @_sum_after.register("Tensor", "Tensor")
@@ -64,10 +59,14 @@ def _sum_after_tensor(done, x):
 class _Statistics(nn.Cell):
     """A graph of the statistics pass: the loss-scaled backward to the image, with statistics capture (as compiled
     here); no weight gradient and no step. Returns True when every layer's G statistics are finite (a loss-scale
-    overflow shows there first: they hold squared output gradients). The forward runs in training mode and moves
-    the batch norm moving statistics (the network's non-trainable parameters other than THOR's); they are put back
-    afterwards, for the plain step to move them once (tests/test_thor.py checks the whole run against the ``step``
-    pass, bit for bit)."""
+    overflow shows there first: they hold squared output gradients).
+
+    The forward runs in training mode (batch statistics, as the step's forward) but must not move the batch norm
+    moving statistics: the plain step that follows moves them once. The pass is compiled with each batch norm's
+    training op swapped for one with momentum 0 (``hold_moving_statistics``), which leaves them exactly as they
+    are (moving * 1 + batch * 0). Saving and restoring them in the graph instead cost six kernel nodes per
+    statistic, 636 for ResNet-50, which a compiled graph keeps (python -m benchmarks.graph_memory). tests/test_thor.py
+    checks the whole run against the ``step`` pass, bit for bit."""
 
     def __init__(self, step, layers):
         super().__init__(auto_prefix=False)
@@ -76,16 +75,26 @@ class _Statistics(nn.Cell):
         self.grad = ops.GradOperation(sens_param=True)
         self.hyper_map = ops.HyperMap()
         self.g_stats = ParameterTuple([cell.thor_g for cell in layers])
-        self.kept = ParameterTuple([p for p in self.network.get_parameters()
-                                    if not p.requires_grad and not p.name.startswith("thor.")])
+        swaps, moving = [], set()
+        for _, cell in self.network.cells_and_names():
+            if isinstance(cell, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                held = ops.BatchNorm(is_training=True, epsilon=cell.eps, momentum=0.0, data_format=cell.format)
+                swaps.append((cell, cell.bn_train, held))
+                moving.update((id(cell.moving_mean), id(cell.moving_variance)))
+        for p in self.network.get_parameters():
+            if not p.requires_grad and not p.name.startswith("thor.") and id(p) not in moving:
+                raise UserError(f"THOR's statistics pass would change '{p.name}', which is neither trained nor a "
+                                 f"batch norm moving statistic; use thor_update_pass: step")
+        object.__setattr__(self, "_swaps", tuple(swaps))  # cells of the network: not sub-cells of this one
+
+    def hold_moving_statistics(self, flag):
+        """Swap the batch norms' training ops (read when this graph is compiled: call around its first call)."""
+        for cell, moving, held in self._swaps:
+            cell.bn_train = held if flag else moving
 
     def construct(self, image, label):
-        saved = self.hyper_map(_copy, self.kept)
-        done = self.grad(self.network)(ops.depend(image, saved), label, self.loss_scale * 1.0)
-        finite = ops.isfinite(ops.stack(self.hyper_map(ops.partial(_sum_after, done), self.g_stats))).all()
-        for i in range(len(self.kept)):
-            finite = ops.depend(finite, ops.assign(self.kept[i], ops.depend(saved[i], done)))
-        return finite
+        done = self.grad(self.network)(image, label, self.loss_scale * 1.0)
+        return ops.isfinite(ops.stack(self.hyper_map(ops.partial(_sum_after, done), self.g_stats))).all()
 
 
 class _Refresh(nn.Cell):
@@ -168,11 +177,14 @@ class ThorTrainer(nn.Cell):
         set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
         try:
             if self.update_pass == "statistics":
+                self.statistics.hold_moving_statistics(True)
                 finite = self.statistics(image, label)
             else:
                 loss, grads, finite, scale = self.capture_gradients(image, label)
         finally:
             set_capture(self.optimizer.thor_layers, False)
+            if self.update_pass == "statistics":
+                self.statistics.hold_moving_statistics(False)
         # an overflow refreshes nothing; a step whose gradients overflow is skipped, and the next one retries the
         # update (the step counter does not advance)
         if bool(finite.asnumpy()):
