@@ -64,9 +64,10 @@ class _Statistics(nn.Cell):
     The forward runs in training mode (batch statistics, as the step's forward) but must not move the batch norm
     moving statistics: the plain step that follows moves them once. The pass is compiled with each batch norm's
     training op swapped for one with momentum 0 (``hold_moving_statistics``), which leaves them exactly as they
-    are (moving * 1 + batch * 0). Saving and restoring them in the graph instead cost six kernel nodes per
-    statistic, 636 for ResNet-50, which a compiled graph keeps (python -m benchmarks.graph_memory). tests/test_thor.py
-    checks the whole run against the ``step`` pass, bit for bit."""
+    are (moving * 1 + batch * 0). Saving and restoring them in the graph instead made the pass's kernel graph 4189
+    nodes instead of 3585 for ResNet-50 (python -m benchmarks.thor_graphs), and a compiled graph keeps memory per
+    node (python -m benchmarks.graph_memory). tests/test_thor.py checks the whole run against the ``step`` pass,
+    bit for bit."""
 
     def __init__(self, step, layers):
         super().__init__(auto_prefix=False)
