@@ -182,6 +182,30 @@ class _Swap(nn.Cell):
         return swap_leading(x)
 
 
+def test_zero_padding_made_at_run_time_equals_the_constant(monkeypatch):
+    """Padding larger than _RUNTIME_ZEROS_BYTES is made from |x_0| * 0 when the graph runs: the same +0 entries as
+    the folded constant (x_0 negative here: no -0), and the same block statistics to the last bit."""
+    import src.thor.blocks as blocks
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    x = np.random.default_rng(5).standard_normal((6, 10, 3)).astype(np.float32)
+    x[0, 0, 0] = -2.0
+
+    class Pad(nn.Cell):
+        def construct(self, x):
+            return blocks._pad_to(x, 1, 16), sample_block_gram(x, 4, 4, 0.5)
+
+    outs = {}
+    for limit in (2 ** 20, 0):  # the constant, then the run-time zeros
+        monkeypatch.setattr(blocks, "_RUNTIME_ZEROS_BYTES", limit)
+        outs[limit] = [o.asnumpy() for o in Pad()(Tensor(x))]
+    padded = outs[0][0]
+    np.testing.assert_array_equal(padded, np.concatenate([x, np.zeros((6, 6, 3), np.float32)], 1))
+    assert not np.signbit(padded[:, 10:]).any()
+    for const, runtime in zip(outs[2 ** 20], outs[0]):
+        np.testing.assert_array_equal(const, runtime)
+
+
 @pytest.mark.parametrize("shape", [(5, 3, 4), (3, 5, 4), (4, 4, 2), (2, 6, 3, 2), (1, 7, 3)])
 def test_swap_leading_is_the_transpose_of_the_two_leading_axes(shape):
     """Unstack + Stack along the shorter leading axis computes np.transpose(x, (1, 0, 2, ...)) exactly."""

@@ -40,6 +40,7 @@ _BMM_TB = ops.BatchMatMul(transpose_b=True)
 _BMM_TA = ops.BatchMatMul(transpose_a=True)
 _SOLVE = ops.MatrixSolve()
 _UNIT_ROUNDOFF = 2.0 ** -24  # float32
+_RUNTIME_ZEROS_BYTES = 2 ** 20  # zero padding larger than this is made at run time (_pad_to)
 
 
 def block_layout(dim: int, split_dim: int) -> tuple[int, int]:
@@ -50,12 +51,22 @@ def block_layout(dim: int, split_dim: int) -> tuple[int, int]:
 
 
 def _pad_to(x, axis, width):
-    """``x`` zero-padded at the end of ``axis`` to ``width`` (a concatenation with zeros)."""
+    """``x`` zero-padded at the end of ``axis`` to ``width`` (a concatenation with zeros).
+
+    ``ops.zeros`` of a static shape is folded into a constant that the compiled graph keeps as long as it lives
+    (the statistics pass held about 125 MiB of them at 224x224, 86 for the stem's patches). Zeros of more than
+    ``_RUNTIME_ZEROS_BYTES`` are therefore made when the graph runs, from one element of ``x`` (|x_0| * 0: +0 for
+    a finite x; a non-finite x makes its statistics non-finite anyway), broadcast, and freed after the
+    concatenation. Smaller ones stay constants: the four kernel nodes would hold more than the constant does
+    (python -m benchmarks.graph_memory; docs/performance.md)."""
     extra = width - x.shape[axis]
     if extra <= 0:
         return x
     shape = tuple(extra if i == axis else n for i, n in enumerate(x.shape))
-    return ops.concat((x, ops.zeros(shape, x.dtype)), axis)
+    if math.prod(shape) * 4 <= _RUNTIME_ZEROS_BYTES:
+        return ops.concat((x, ops.zeros(shape, x.dtype)), axis)
+    zero = ops.abs(ops.slice(x, (0,) * x.ndim, (1,) * x.ndim)) * 0.0
+    return ops.concat((x, ops.broadcast_to(zero, shape)), axis)
 
 
 def _cut_to(x, rows, cols):
