@@ -11,8 +11,8 @@ scratchpads included):
 - ``statistics`` (the default): a statistics pass, the forward with A capture and the backward *to the image*
   with G capture (no weight gradient is formed, so the convolutions' backward-weights kernels, which hold the
   largest oneDNN scratchpads, are not compiled a second time); when the statistics are finite, the factor and
-  inverse refresh (``Thor.refresh``); then the plain step's own graph. The pass puts the batch norm moving
-  statistics back, so the update step moves them once, as a plain step does. It holds less memory (one fewer
+  inverse refresh (``Thor.refresh``); then the plain step's own graph. The pass leaves the batch norm moving
+  statistics as they are, so the update step moves them once, as a plain step does. It holds less memory (one fewer
   compiled backward) and its update step costs a forward/backward-to-the-image more than ``step``'s
   (python -m benchmarks.thor_step --update_pass ..., docs/performance.md).
 - ``step``: the forward with A capture and the backward with G capture return the gradients
