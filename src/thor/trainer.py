@@ -175,25 +175,8 @@ class ThorTrainer(nn.Cell):
         step = self.global_step()
         if not self.is_update(step):
             return self.plain_step(image, label)
-        set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
-        try:
-            if self.update_pass == "statistics":
-                self.statistics.hold_moving_statistics(True)
-                finite = self.statistics(image, label)
-            else:
-                loss, grads, finite, scale = self.capture_gradients(image, label)
-        finally:
-            set_capture(self.optimizer.thor_layers, False)
-            if self.update_pass == "statistics":
-                self.statistics.hold_moving_statistics(False)
-        # an overflow refreshes nothing; a step whose gradients overflow is skipped, and the next one retries the
-        # update (the step counter does not advance)
-        if bool(finite.asnumpy()):
-            self.refresh_factors()
-        if self.update_pass == "statistics":
-            out = self.plain_step(image, label)
-        else:
-            out = self.apply_step(loss, mutable(grads), finite, scale)
+        out = self._update_by_statistics(image, label) if self.update_pass == "statistics" else \
+            self._update_in_step(image, label)
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
         nonfinite = int(self.optimizer.thor_nonfinite.asnumpy())
         if nonfinite > self.nonfinite_seen:
@@ -201,6 +184,35 @@ class ThorTrainer(nn.Cell):
                       f"inverses and kept their last good ones ({nonfinite} so far)")
             self.nonfinite_seen = nonfinite
         return out
+
+    def _update_by_statistics(self, image, label):
+        """The ``statistics`` layout: the statistics pass, the refresh, the plain step's graph."""
+        set_capture(self.optimizer.thor_layers, True)  # both read when the pass's graph is compiled
+        self.statistics.hold_moving_statistics(True)
+        try:
+            finite = self.statistics(image, label)
+        finally:
+            set_capture(self.optimizer.thor_layers, False)
+            self.statistics.hold_moving_statistics(False)
+        self._refresh_if(finite)
+        return self.plain_step(image, label)
+
+    def _update_in_step(self, image, label):
+        """The ``step`` layout: the gradients with capture, the refresh, the preconditioned step on them."""
+        set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
+        try:
+            loss, grads, finite, scale = self.capture_gradients(image, label)
+        finally:
+            set_capture(self.optimizer.thor_layers, False)
+        self._refresh_if(finite)
+        return self.apply_step(loss, mutable(grads), finite, scale)
+
+    def _refresh_if(self, finite):
+        """The factor and inverse refresh, when the statistics are finite. An overflow refreshes nothing; a step
+        whose gradients overflow is skipped, and the next one retries the update (the step counter does not
+        advance)."""
+        if bool(finite.asnumpy()):
+            self.refresh_factors()
 
     def construct(self, image, label):  # pragma: no cover - dispatch happens in __call__
         return self.plain_step(image, label)
