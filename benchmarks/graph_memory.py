@@ -17,15 +17,7 @@ first way until the graphs were measured (docs/performance.md). Prints a markdow
 """
 import ctypes
 
-from benchmarks.timing import (
-    benchmark_parser,
-    child_result,
-    host_info,
-    markdown_table,
-    parse_arms,
-    status_mib,
-    write_json,
-)
+from benchmarks import timing
 
 ARMS = ("adds", "tuple_loop", "tuple_hypermap")
 
@@ -64,7 +56,7 @@ def measure(arm, args):
 
     def resident():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-        return status_mib("VmRSS")
+        return timing.status_mib("VmRSS")
 
     x = ms.Tensor(np.ones((4, 4), np.float32))
     graph = Graph()
@@ -77,10 +69,10 @@ def measure(arm, args):
 
 
 def main(argv=None):
-    parser = benchmark_parser(__doc__, nodes=400, length=161, output="bench_results/graph_memory.json",
+    parser = timing.benchmark_parser(__doc__, nodes=400, length=161, output="bench_results/graph_memory.json",
                               helps={"nodes": "additions in the adds graph (MindSpore's call depth limit is 1000)",
                                      "length": "elements of the tuple graphs"})
-    parsed = parse_arms(parser, argv, ARMS, measure)
+    parsed = timing.parse_arms(parser, argv, ARMS, measure)
     if parsed is None:  # a child process: it has printed its result
         return None
     args, passed = parsed
@@ -88,14 +80,14 @@ def main(argv=None):
         raise SystemExit("error: --nodes and --length must be between 1 and 900 (MindSpore's call depth limit)")
     results, rows = {}, []
     for arm in ARMS:
-        r = child_result("benchmarks.graph_memory", [*passed, "--arm", arm], f"the {arm} process")
+        r = timing.child_result("benchmarks.graph_memory", [*passed, "--arm", arm], f"the {arm} process")
         results[arm] = r
         what = {"adds": f"{r['count']} additions, x = x + 1.0",
                 "tuple_loop": f"a {r['count']}-tuple built as out = out + (x * k,)",
                 "tuple_hypermap": f"a {r['count']}-tuple from one HyperMap"}[arm]
         rows.append([what, f"{r['added_mib']:.1f}", f"{r['added_mib'] * 1024 / r['count']:.0f}"])
-    write_json(args.output, {"host": host_info(), "args": vars(args), "results": results})
-    print(markdown_table(["graph (4 x 4 float32 input)", "resident MiB added", "KiB per node / element"], rows))
+    timing.write_json(args.output, {"host": timing.host_info(), "args": vars(args), "results": results})
+    print(timing.markdown_table(["graph (4 x 4 float32 input)", "resident MiB added", "KiB per node / element"], rows))
     print(f"\nwritten {args.output}")
     return results
 
