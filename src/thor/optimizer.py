@@ -89,10 +89,11 @@ def _eye_blocks(nb, b):
 
 
 # Per-parameter functions over the whole gradient tuple, applied with HyperMap. A graph-mode loop that builds its
-# result as ``out = out + (g,)`` makes a tuple of 1, 2, ..., n elements: for ResNet-50's 161 parameters that is
-# 13,000 tuple entries, and the compiled graph kept about 280 MiB more than with HyperMap, which builds one tuple
-# (python -m benchmarks.thor_step; docs/performance.md). ``info``: ``Thor.param_info`` of the parameter,
-# (layer, rows, nb_A, b_A, nb_G, b_G), layer -1 for a parameter THOR does not precondition.
+# result as ``out = out + (g,)`` makes tuples of 1, 2, ..., n elements, which the compiled graph keeps: for
+# ResNet-50's 161 parameters THOR's process peaked 213 MiB higher that way (python -m benchmarks.thor_step at
+# 32x32; python -m benchmarks.graph_memory shows the effect alone; docs/performance.md). ``info``:
+# ``Thor.param_info`` of the parameter, (layer, rows, nb_A, b_A, nb_G, b_G), layer -1 for a parameter THOR does
+# not precondition.
 _precondition_one = ops.MultitypeFuncGraph("thor_precondition_one")
 _kl_scale = ops.MultitypeFuncGraph("thor_kl_scale")
 
