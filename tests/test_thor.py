@@ -17,7 +17,7 @@ from src.thor.blocks import (
     sample_block_gram,
     swap_leading,
 )
-from src.thor.capture import attach
+from src.thor.capture import attach, sync_positions
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
 from src.train_step import TrainStep
@@ -261,6 +261,7 @@ def test_conv_statistics_for_every_kernel_form(k, stride, pad):
     layer.thor_capture = True
     x, _ = _data()
     net(Tensor(x)).asnumpy()
+    sync_positions([layer])
     cols = _im2col(x.astype(np.float64), k, stride, pad)
     t = cols.shape[1]
     expected = np.einsum("ntd,nte->de", cols, cols) / (N * t) * _block_mask(C * k * k, 4)

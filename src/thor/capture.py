@@ -12,7 +12,11 @@ For a layer with weight W (out x in*kh*kw after reshaping), on an update step:
       N * sum dout dout^T = S^2 * G and the optimizer divides by S^2. Captured with ops.InsertGradientOf.
 
 The layer also records T (``thor_positions``; output positions per sample, H_out * W_out for a convolution,
-1 for Dense), which the ``mindspore`` convention of optimizer.py uses to split the damping.
+1 for Dense), which the ``mindspore`` convention of optimizer.py uses to split the damping. T is fixed by the
+shapes the capture graph is compiled for, so it is noted in Python while that graph compiles (``_note_positions``,
+a ``constexpr``, runs then) and written to the parameters by ``sync_positions`` after the graph's call, rather
+than assigned by the graph at every update step: those assignments were about 200 kernel nodes for ResNet-50,
+which the compiled graph keeps (python -m benchmarks.graph_memory).
 
 Then F ~= A (x) G (KFC, Grosse & Martens 2016: positions assumed independent, spatially homogeneous),
 and vec(dW) is preconditioned as G^-1 dW A^-1. Only the diagonal blocks of A and G are formed
@@ -29,11 +33,13 @@ products of every layer's A, all zeros).
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from typing import TYPE_CHECKING
 
 import mindspore as ms
 import numpy as np
 from mindspore import Parameter, Tensor, nn, ops
+from mindspore.ops import constexpr
 
 from src.errors import UserError
 from src.thor.blocks import block_gram, block_layout, sample_block_gram
@@ -42,11 +48,35 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+# T per capturing layer (its ``thor_token``), as the capture graph last compiled saw it
+_COMPILED_POSITIONS = {}
+_TOKENS = itertools.count()
+
+
+@constexpr(reuse_result=False)
+def _note_positions(token, positions):
+    """Runs in Python while a capture graph is compiled, with the layer's T as a constant."""
+    _COMPILED_POSITIONS[token] = positions
+    return positions
+
+
+def sync_positions(layers: Sequence[nn.Cell]) -> None:
+    """Write each layer's T, as its capture graph was compiled for, to ``thor_positions`` (call after that graph's
+    first call; a parameter is written only when its value changes)."""
+    for cell in layers:
+        positions = _COMPILED_POSITIONS.get(cell.thor_token)
+        if positions is not None and positions != cell.thor_positions_written:
+            cell.thor_positions.set_data(Tensor(float(positions), ms.float32))
+            cell.thor_positions_written = positions
+
+
 class _CaptureMixin:
     """Attributes and hooks shared by the capturing Conv2d and Dense."""
 
     def _thor_setup(self, name, d_in, d_out, split_dim):
         self.thor_name = name
+        self.thor_token = f"{name}#{next(_TOKENS)}"  # unique in the process, across networks
+        self.thor_positions_written = None
         self.thor_capture = False
         self.thor_dims = (d_in, d_out)
         self.thor_a_layout = block_layout(d_in, split_dim)
@@ -61,10 +91,9 @@ class _CaptureMixin:
         self.thor_g_hook = ops.InsertGradientOf(self._thor_save_g)
 
     def _thor_record_a(self, x, stat, positions):
-        """Store A (diagonal blocks) and T = ``positions``; returns ``x`` ordered after the stores."""
-        stored = ops.assign(self.thor_a, stat)
-        stored = ops.depend(stored, ops.assign(self.thor_positions, ops.fill(ms.float32, (), float(positions))))
-        return ops.depend(x, stored)
+        """Store A (diagonal blocks) and note T = ``positions``; returns ``x`` ordered after the store."""
+        _note_positions(self.thor_token, positions)
+        return ops.depend(x, ops.assign(self.thor_a, stat))
 
     def _thor_save_g(self, dout):
         n = dout.shape[0]

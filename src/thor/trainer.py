@@ -29,7 +29,7 @@ import numpy as np
 from mindspore import ParameterTuple, mutable, nn, ops
 
 from src.errors import UserError
-from src.thor.capture import set_capture
+from src.thor.capture import set_capture, sync_positions
 from src.train_step import TrainStep, _grad_sum_tensor
 
 UPDATE_PASSES = ("statistics", "step")
@@ -208,9 +208,10 @@ class ThorTrainer(nn.Cell):
         return self.apply_step(loss, mutable(grads), finite, scale)
 
     def _refresh_if(self, finite):
-        """The factor and inverse refresh, when the statistics are finite. An overflow refreshes nothing; a step
-        whose gradients overflow is skipped, and the next one retries the update (the step counter does not
-        advance)."""
+        """The factor and inverse refresh, when the statistics are finite, with each layer's T as the capture graph
+        was compiled for. An overflow refreshes nothing; a step whose gradients overflow is skipped, and the next one
+        retries the update (the step counter does not advance)."""
+        sync_positions(self.optimizer.thor_layers)
         if bool(finite.asnumpy()):
             self.refresh_factors()
 
