@@ -146,8 +146,11 @@ class ThorTrainer(nn.Cell):
         self.warn = warn  # where a refresh that fell back to the last good inverse is reported
 
     def sync_counters(self):
-        """Call after loading a checkpoint: non-finite events before it are not reported again."""
+        """Call after loading a checkpoint: non-finite events before it are not reported again, and each layer's T
+        is written again at the next update step (the checkpoint's may come from other image sizes)."""
         self.nonfinite_seen = int(self.optimizer.thor_nonfinite.asnumpy())
+        for cell in self.optimizer.thor_layers:
+            cell.thor_positions_written = None
 
     def global_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
