@@ -41,6 +41,11 @@ def _grad_sum_tensor(grad):
     return sum_rows(ops.cast(grad, ms.float32)).sum()
 
 
+def all_finite(hyper_map: ops.HyperMap, tensors: tuple) -> Tensor:
+    """True when every element of every tensor is finite: one ``_grad_sum`` per tensor, one isfinite over them."""
+    return ops.isfinite(ops.stack(hyper_map(_grad_sum, tensors))).all()
+
+
 def sum_rows(x: Tensor) -> Tensor:
     """Sum over the first axis of ``x`` (N, ...), flattened to (1, rest), as ``ones(1, N) @ x``: a matrix-vector
     product at memory speed (the CPU ReduceSum kernel is several times slower)."""
@@ -92,7 +97,7 @@ class TrainStep(nn.Cell):
         if self.reducer is not None:
             grads = self.reducer(grads)
         grads = self.hyper_map(ops.partial(_unscale, scale), grads)
-        finite = ops.isfinite(ops.stack(self.hyper_map(_grad_sum, grads))).all()
+        finite = all_finite(self.hyper_map, grads)
         return loss, grads, finite, scale
 
     def apply(self, loss, grads, finite, scale):

@@ -392,6 +392,17 @@ def test_both_update_passes_train_bit_for_bit_alike():
         np.testing.assert_array_equal(params_s[name], params_t[name], err_msg=name)
 
 
+def test_positions_written_again_after_a_checkpoint_load():
+    """T comes from the compiled capture graph; a checkpoint loaded over it (sync_counters) is corrected at once."""
+    _, opt, trainer = _build(4, steps=2, frequency=1)
+    trainer(*map(Tensor, _data()))
+    t = float(opt.positions[0].asnumpy())
+    assert t > 1.0
+    opt.positions[0].set_data(Tensor(99.0, ms.float32))  # as a checkpoint from other image sizes would
+    trainer.sync_counters()
+    assert float(opt.positions[0].asnumpy()) == t
+
+
 class _CountingNet(TinyBNNet):
     """TinyBNNet with a non-trainable counter that its forward moves: state the statistics pass cannot hold."""
 

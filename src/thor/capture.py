@@ -61,12 +61,13 @@ def _note_positions(token, positions):
     return positions
 
 
-def sync_positions(layers: Sequence[nn.Cell]) -> None:
+def sync_positions(layers: Sequence[nn.Cell], force: bool = False) -> None:
     """Write each layer's T, as its capture graph was compiled for, to ``thor_positions`` (call after that graph's
-    first call; a parameter is written only when its value changes)."""
+    first call; a parameter is written only when its value changes, or always with ``force``: after a checkpoint
+    was loaded over it)."""
     for cell in layers:
         positions = _COMPILED_POSITIONS.get(cell.thor_token)
-        if positions is not None and positions != cell.thor_positions_written:
+        if positions is not None and (force or positions != cell.thor_positions_written):
             cell.thor_positions.set_data(Tensor(float(positions), ms.float32))
             cell.thor_positions_written = positions
 

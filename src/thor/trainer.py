@@ -30,7 +30,7 @@ from mindspore import ParameterTuple, mutable, nn, ops
 
 from src.errors import UserError
 from src.thor.capture import set_capture, sync_positions
-from src.train_step import TrainStep, _grad_sum_tensor
+from src.train_step import TrainStep, all_finite
 
 UPDATE_PASSES = ("statistics", "step")
 
@@ -46,14 +46,14 @@ class _Gradients(nn.Cell):
         return self.step.gradients(image, label)
 
 
-# the G sums are built with HyperMap, not with ``out = out + (x,)`` in a loop (see the note in optimizer.py)
-_sum_after = ops.MultitypeFuncGraph("thor_sum_after")
+# the G statistics are read with HyperMap, not with ``out = out + (x,)`` in a loop (see the note in optimizer.py)
+_after = ops.MultitypeFuncGraph("thor_after")
 
 
-@_sum_after.register("Tensor", "Tensor")
-def _sum_after_tensor(done, x):
-    """The sum of ``x``'s elements, read after ``done``."""
-    return _grad_sum_tensor(ops.depend(x, done))
+@_after.register("Tensor", "Tensor")
+def _after_tensor(done, x):
+    """``x``, read after ``done``."""
+    return ops.depend(x, done)
 
 
 class _Statistics(nn.Cell):
@@ -95,7 +95,7 @@ class _Statistics(nn.Cell):
 
     def construct(self, image, label):
         done = self.grad(self.network)(image, label, self.loss_scale * 1.0)
-        return ops.isfinite(ops.stack(self.hyper_map(ops.partial(_sum_after, done), self.g_stats))).all()
+        return all_finite(self.hyper_map, self.hyper_map(ops.partial(_after, done), self.g_stats))
 
 
 class _Refresh(nn.Cell):
@@ -147,10 +147,10 @@ class ThorTrainer(nn.Cell):
 
     def sync_counters(self):
         """Call after loading a checkpoint: non-finite events before it are not reported again, and each layer's T
-        is written again at the next update step (the checkpoint's may come from other image sizes)."""
+        is written again from the capture graph already compiled, if any (the checkpoint's may come from other
+        image sizes)."""
         self.nonfinite_seen = int(self.optimizer.thor_nonfinite.asnumpy())
-        for cell in self.optimizer.thor_layers:
-            cell.thor_positions_written = None
+        sync_positions(self.optimizer.thor_layers, force=True)
 
     def global_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
