@@ -8,21 +8,20 @@ scale 128, ``split_dim`` 128, the default thor_convention):
 
 - ``momentum``: a Momentum run alone: its compile time and peak RSS.
 - ``thor``: one THOR run. Its first step is an update step, its second a plain one; its peak RSS is read then,
-  as a real THOR run holds all its graphs. With ``--update_pass statistics`` (the default) the update step
-  compiles the statistics pass, the factor refresh and the plain step's graph, which the plain step reuses; with
-  ``step``, the gradients with statistics capture, the refresh and the preconditioned step, and the plain step
-  compiles its own graph. Then a Momentum cell is built in the same process and ``--runs`` rounds are timed, each
-  one window of ``--window`` steps of Momentum, of THOR plain and of THOR update steps, one after the other: the
-  ratios of a round are taken within seconds of each other, so a machine whose speed drifts (this VM's does by
-  10-30% between minutes) moves all three alike.
+  as a real THOR run holds all its graphs. Its first call compiles every graph before any runs, as in training
+  (``ThorTrainer.compile_graphs``): with ``--update_pass statistics`` (the default) the statistics pass, the factor
+  refresh and the plain step; with ``step``, the gradients with statistics capture, the refresh and the plain
+  step, and the preconditioned step at its first call. Then a Momentum cell is built in the same process and
+  ``--runs`` rounds are timed, each one window of ``--window`` steps of Momentum, of THOR plain and of THOR
+  update steps, one after the other: the ratios of a round are taken within seconds of each other, so a machine
+  whose speed drifts (this VM's does by 10-30% between minutes) moves all three alike.
 
 Each window ends by reading the loss back. Reported: the median over rounds of each step time and of THOR's
 plain and update steps over Momentum's, the cost amortized over ``--frequency`` steps ((t_update + (F - 1)
-t_plain) / (F t_momentum), F = 834 is the ImageNet recipe's), compile time (first call minus a timed step), each
-run's peak RSS (and the peak after building the cell and after each graph's first call, which shows which
-graph holds the memory), the THOR state (statistics, factors, inverses), and for each graph of the update step
-its compile time (its first call minus the median of its other calls) and its median run time. Prints a markdown
-table and writes JSON to ``--output``.
+t_plain) / (F t_momentum), F = 834 is the ImageNet recipe's), compile time (first calls minus timed steps), each
+run's peak RSS (and the peak after building the cell and after each graph's compile and first run, in order, which
+shows which graph holds the memory), the THOR state (statistics, factors, inverses), and for each graph of the
+update step its compile time and its median run time. Prints a markdown table and writes JSON to ``--output``.
 """
 import os
 import statistics
@@ -93,16 +92,32 @@ GRAPHS = {"statistics": ("statistics", "refresh_factors", "plain_step"),
 
 
 class _TimedGraph:
-    """Stands in for one of the THOR trainer's graph cells and records the wall time of each call (until the
-    device is idle again) and the process's peak RSS after its first call (``peak_rss_mib``)."""
+    """Stands in for one of the THOR trainer's graph cells: records the time its compile took (the trainer
+    compiles every graph before the first runs), the wall time of each call (until the device is idle again), and
+    the process's peak RSS after the compile and after the first call, as ``(when, what, MiB)`` in ``events``."""
 
-    def __init__(self, cell):
+    def __init__(self, cell, name, events):
         self.cell = cell
+        self.name = name
+        self.events = events
         self.times = []
-        self.peak_rss_mib = None
+        self.compile_s = 0.0
 
     def __getattr__(self, name):  # the trainer's other uses of the graph cell (statistics.hold_moving_statistics)
         return getattr(self.cell, name)
+
+    def __setattr__(self, name, value):  # the trainer's flags on the graph cell (plain_step.compiled_ahead)
+        if name in ("cell", "name", "events", "times", "compile_s"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.cell, name, value)
+
+    def compile(self, *args):
+        start = time.perf_counter()
+        out = self.cell.compile(*args)
+        self.compile_s += time.perf_counter() - start
+        self.events.append((time.perf_counter(), f"{self.name} compile", _peak_rss_mib()))
+        return out
 
     def __call__(self, *args):
         start = time.perf_counter()
@@ -112,16 +127,16 @@ class _TimedGraph:
             first = first[0]
         first.asnumpy()  # waits for the graph (the CPU backend has no device synchronize)
         self.times.append(time.perf_counter() - start)
-        if self.peak_rss_mib is None:
-            self.peak_rss_mib = _peak_rss_mib()
+        if len(self.times) == 1:
+            self.events.append((time.perf_counter(), f"{self.name} first run", _peak_rss_mib()))
         return out
 
 
-def time_graphs(cell):
+def time_graphs(cell, events):
     """Wrap each graph of a THOR trainer's update step; returns ``{name: _TimedGraph}``."""
     timed = {}
     for name in GRAPHS[cell.update_pass]:
-        timed[name] = _TimedGraph(getattr(cell, name))
+        timed[name] = _TimedGraph(getattr(cell, name), name, events)
         object.__setattr__(cell, name, timed[name])  # an instance attribute, found before nn.Cell's sub-cells
     return timed
 
@@ -145,7 +160,8 @@ def measure(arm, args):
         return out
 
     opt, cell, thor = build_cell("Thor", args)
-    graphs = time_graphs(cell)
+    events = []
+    graphs = time_graphs(cell, events)
     out["built_rss_mib"] = _peak_rss_mib()
     flags = cell.update_flags
     flags[:] = True
@@ -181,10 +197,11 @@ def measure(arm, args):
     out["amortized_over_momentum"] = statistics.median(
         (u + (f - 1) * p) / (f * m) for u, p, m in zip(rounds["update"], rounds["plain"], rounds["momentum"]))
     out.update(compile_update_s=first_update - med["update"], compile_plain_s=first_plain - med["plain"])
-    for name, timed in graphs.items():  # the first call compiles; the median of the others is the run time
-        out[f"graph_{name}_compile_s"] = timed.times[0] - statistics.median(timed.times[1:])
+    for name, timed in graphs.items():  # compiled ahead (the step layout's apply_step at its first call)
+        first = timed.times[0] - statistics.median(timed.times[1:])
+        out[f"graph_{name}_compile_s"] = timed.compile_s if timed.compile_s else first
         out[f"graph_{name}_ms"] = statistics.median(timed.times[1:]) * 1000
-        out[f"graph_{name}_peak_rss_mib"] = timed.peak_rss_mib
+    out["events"] = [[what, mib] for _, what, mib in sorted(events)]
     return out
 
 
@@ -207,30 +224,31 @@ def main(argv=None):
     write_json(output, {"host": host_info(), "args": vars(args), "result": row})
 
     header = ["image, batch", "Momentum ms/step", "THOR plain ms/step", "THOR update ms/step",
-              f"amortized, F={args.frequency}", "compile s: Momentum / THOR plain + update",
+              f"amortized, F={args.frequency}", "compile s: Momentum / THOR",
               "peak RSS MiB: Momentum / THOR", "THOR state MiB"]
     cells = [f"{args.image_size}, {args.batch_size}", f"{row['thor_momentum_ms']:.1f}",
              f"{row['thor_plain_ms']:.1f} ({row['thor_plain_over_momentum']:.2f}x)",
              f"{row['thor_update_ms']:.1f} ({row['thor_update_over_momentum']:.2f}x)",
              f"{row['thor_amortized_over_momentum']:.2f}x",
-             f"{row['momentum_compile_s']:.1f} / {row['thor_compile_plain_s']:.1f} + "
-             f"{row['thor_compile_update_s']:.1f}",
+             f"{row['momentum_compile_s']:.1f} / {row['thor_compile_plain_s'] + row['thor_compile_update_s']:.1f}",
              f"{row['momentum_peak_rss_mib']:.0f} / {row['thor_peak_rss_mib']:.0f}", f"{row['thor_state_mib']:.1f}"]
     print()
     print(markdown_table(header, [cells]))
     print(f"\npeak RSS by phase, MiB: Momentum built {row['momentum_built_rss_mib']:.0f}, compiled "
           f"+{row['momentum_peak_rss_mib'] - row['momentum_built_rss_mib']:.0f}; "
           f"THOR built {row['thor_built_rss_mib']:.0f}, "
-          f"update graph +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, plain graph "
+          f"first (update) step +{row['thor_after_update_graph_rss_mib'] - row['thor_built_rss_mib']:.0f}, first "
+          f"plain step "
           f"+{row['thor_peak_rss_mib'] - row['thor_after_update_graph_rss_mib']:.0f}; "
           f"budget (Momentum + 2 x state + 200) {row['rss_budget_mib']:.0f}")
-    parts, before = [], row["thor_built_rss_mib"]  # the graphs' first calls run in GRAPHS' order
-    for name in GRAPHS[args.update_pass]:
-        peak = row[f"thor_graph_{name}_peak_rss_mib"]
-        parts.append(f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f} / "
-                     f"+{peak - before:.0f}")
+    print("\nper THOR graph, compile s / run ms: " + "; ".join(
+        f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f}"
+        for name in GRAPHS[args.update_pass]))
+    parts, before = [], row["thor_built_rss_mib"]
+    for what, peak in row["thor_events"]:
+        parts.append(f"{what} {peak - before:+.0f}")
         before = peak
-    print("\nper THOR graph, compile s / run ms / peak RSS its first call added, MiB: " + "; ".join(parts))
+    print("peak RSS each THOR graph's compile and first run added, in order, MiB: " + "; ".join(parts))
     print(f"\nwritten {output}")
     return row
 

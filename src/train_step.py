@@ -21,6 +21,8 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.context import ParallelMode
 from mindspore.parallel._utils import _get_device_num, _get_gradients_mean, _get_parallel_mode
 
+from src.host import release_free_heap
+
 _unscale = ops.MultitypeFuncGraph("_unscale")
 _grad_sum = ops.MultitypeFuncGraph("_grad_sum")
 
@@ -46,6 +48,16 @@ def all_finite(hyper_map: ops.HyperMap, tensors: tuple) -> Tensor:
     return ops.isfinite(ops.stack(hyper_map(_grad_sum, tensors))).all()
 
 
+def compile_ahead(cell: nn.Cell, *args) -> None:
+    """In graph mode, compile ``cell`` for ``args`` (its next call with inputs of these shapes runs it without
+    compiling), then give back the heap pages the compile freed (``host.release_free_heap``): the graph's first
+    run then starts from less resident memory, and the process peaks lower (docs/performance.md). Nothing in
+    PyNative mode, where a call runs op by op."""
+    if ms.get_context("mode") == ms.GRAPH_MODE:
+        cell.compile(*args)
+        release_free_heap()
+
+
 def sum_rows(x: Tensor) -> Tensor:
     """Sum over the first axis of ``x`` (N, ...), flattened to (1, rest), as ``ones(1, N) @ x``: a matrix-vector
     product at memory speed (the CPU ReduceSum kernel is several times slower)."""
@@ -69,6 +81,7 @@ class TrainStep(nn.Cell):
         self.dynamic = dynamic
         self.window = window
         self.reducer = None
+        self.compiled_ahead = False
         if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
             self.reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), _get_device_num())
 
@@ -83,6 +96,12 @@ class TrainStep(nn.Cell):
 
     def sync_counters(self):
         """Called after a checkpoint is loaded."""
+
+    def __call__(self, *args):
+        if not self.compiled_ahead:  # the first call: compiled, the compile's freed heap given back, then run
+            self.compiled_ahead = True
+            compile_ahead(self, *args)
+        return super().__call__(*args)
 
     def construct(self, image, label):
         loss, grads, finite, scale = self.gradients(image, label)

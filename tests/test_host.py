@@ -144,3 +144,17 @@ def test_memory_mib_reads_proc_status_and_is_none_without_it(tmp_path):
     assert host.memory_mib("VmSwap", str(status)) is None
     assert host.memory_mib("VmHWM", str(tmp_path / "missing")) is None  # not Linux: the logs leave it out
     assert 0 < host.memory_mib("VmRSS") <= host.memory_mib("VmHWM")  # this process
+
+
+def test_release_free_heap_gives_freed_pages_back():
+    """Freed blocks between live ones stay resident until trimmed; the trim gives their whole pages back."""
+    if host.memory_mib("VmRSS") is None or not host.release_free_heap():
+        pytest.skip("needs Linux with glibc")
+    blocks = [bytearray(64 * 1024 - 64) for _ in range(2000)]  # ~128 MiB of malloc'd blocks below the mmap threshold
+    for i in range(len(blocks)):
+        if i % 4:
+            blocks[i] = None  # 3 in 4 freed: free chunks between live ones that the heap cannot shrink past
+    before = host.memory_mib("VmRSS")
+    assert host.release_free_heap()
+    assert host.memory_mib("VmRSS") < before - 32
+    del blocks

@@ -403,6 +403,36 @@ def test_positions_written_again_after_a_checkpoint_load():
     assert float(opt.positions[0].asnumpy()) == t
 
 
+@pytest.mark.parametrize("update_pass", ["statistics", "step"])
+def test_every_graph_compiled_before_the_first_step_runs(monkeypatch, update_pass):
+    """The first call compiles the run's graphs one after the other, giving the freed heap back after each, before
+    any of them runs (the step layout's preconditioned step at its first update); later steps compile nothing."""
+    import src.train_step as train_step
+
+    _, opt, trainer = _build(4, steps=4, frequency=2, net_class=TinyBNNet, update_pass=update_pass)
+    names = [("statistics" if update_pass == "statistics" else "capture_gradients"), "refresh_factors",
+             "plain_step"] + ([] if update_pass == "statistics" else ["apply_step"])
+    graphs = [getattr(trainer, name) for name in names]
+    seen = []
+
+    def release():
+        seen.append(([len(g.compile_cache) for g in graphs], int(opt.global_step.asnumpy().reshape(-1)[0]),
+                     int(opt.thor_updates.asnumpy())))
+        return True
+
+    monkeypatch.setattr(train_step, "release_free_heap", release)
+    trainer(*map(Tensor, _data(seed=0)))  # an update step
+    ahead = [([1, 0, 0], 0, 0), ([1, 1, 0], 0, 0), ([1, 1, 1], 0, 0)]
+    if update_pass == "step":
+        ahead = [(counts + [0], *rest) for counts, *rest in ahead] + [([1, 1, 1, 1], 0, 1)]
+    assert seen == ahead
+    for step in range(1, 4):  # plain, update, plain
+        trainer(*map(Tensor, _data(seed=step)))
+    assert len(seen) == len(ahead)
+    assert [len(g.compile_cache) for g in graphs] == [1] * len(graphs)
+    assert int(opt.global_step.asnumpy().reshape(-1)[0]) == 4 and int(opt.thor_updates.asnumpy()) == 2
+
+
 class _CountingNet(TinyBNNet):
     """TinyBNNet with a non-trainable counter that its forward moves: state the statistics pass cannot hold."""
 

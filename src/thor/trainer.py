@@ -25,12 +25,14 @@ scratchpads included):
 The step counter is the optimizer's ``global_step`` (restored from checkpoints), so resuming continues the
 cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
 """
+import contextlib
+
 import numpy as np
 from mindspore import ParameterTuple, mutable, nn, ops
 
 from src.errors import UserError
 from src.thor.capture import set_capture, sync_positions
-from src.train_step import TrainStep, all_finite
+from src.train_step import TrainStep, all_finite, compile_ahead
 
 UPDATE_PASSES = ("statistics", "step")
 
@@ -144,6 +146,36 @@ class ThorTrainer(nn.Cell):
         self.last_update = None  # (global_step, layers refreshed) of the latest update step
         self.nonfinite_seen = 0  # thor_nonfinite already reported (restored from a checkpoint on resume)
         self.warn = warn  # where a refresh that fell back to the last good inverse is reported
+        self.compiled_ahead = False
+        self.apply_compiled = False
+
+    def compile_graphs(self, image, label):
+        """Compile the run's graphs for these inputs' shapes before any of them runs, each followed by giving the
+        heap it freed back (``train_step.compile_ahead``): the update step's capture graph, the refresh and the
+        plain step (the ``step`` layout's preconditioned step compiles at its first update, on the gradients it
+        is given). The first call does this by itself. Compiled one after the other and run after, THOR's graphs
+        peak lower than when each is compiled at its first call, between the others' runs (docs/performance.md)."""
+        self.compiled_ahead = True
+        with self._capturing():
+            compile_ahead(self.statistics if self.update_pass == "statistics" else self.capture_gradients, image, label)
+        compile_ahead(self.refresh_factors)
+        compile_ahead(self.plain_step, image, label)
+        self.plain_step.compiled_ahead = True
+
+    @contextlib.contextmanager
+    def _capturing(self):
+        """Statistics capture on (and, for the statistics pass, the batch norms' moving statistics held): what the
+        capture graph is compiled with."""
+        hold = self.update_pass == "statistics"
+        set_capture(self.optimizer.thor_layers, True)
+        if hold:
+            self.statistics.hold_moving_statistics(True)
+        try:
+            yield
+        finally:
+            set_capture(self.optimizer.thor_layers, False)
+            if hold:
+                self.statistics.hold_moving_statistics(False)
 
     def sync_counters(self):
         """Call after loading a checkpoint: non-finite events before it are not reported again, and each layer's T
@@ -175,6 +207,8 @@ class ThorTrainer(nn.Cell):
         return info
 
     def __call__(self, image, label):
+        if not self.compiled_ahead:
+            self.compile_graphs(image, label)
         step = self.global_step()
         if not self.is_update(step):
             return self.plain_step(image, label)
@@ -190,25 +224,21 @@ class ThorTrainer(nn.Cell):
 
     def _update_by_statistics(self, image, label):
         """The ``statistics`` layout: the statistics pass, the refresh, the plain step's graph."""
-        set_capture(self.optimizer.thor_layers, True)  # both read when the pass's graph is compiled
-        self.statistics.hold_moving_statistics(True)
-        try:
+        with self._capturing():  # read if the pass's graph is compiled now (inputs of new shapes)
             finite = self.statistics(image, label)
-        finally:
-            set_capture(self.optimizer.thor_layers, False)
-            self.statistics.hold_moving_statistics(False)
         self._refresh_if(finite)
         return self.plain_step(image, label)
 
     def _update_in_step(self, image, label):
         """The ``step`` layout: the gradients with capture, the refresh, the preconditioned step on them."""
-        set_capture(self.optimizer.thor_layers, True)  # read when the capture graph is compiled
-        try:
+        with self._capturing():  # read if the capture graph is compiled now (inputs of new shapes)
             loss, grads, finite, scale = self.capture_gradients(image, label)
-        finally:
-            set_capture(self.optimizer.thor_layers, False)
         self._refresh_if(finite)
-        return self.apply_step(loss, mutable(grads), finite, scale)
+        grads = mutable(grads)
+        if not self.apply_compiled:
+            self.apply_compiled = True
+            compile_ahead(self.apply_step, loss, grads, finite, scale)
+        return self.apply_step(loss, grads, finite, scale)
 
     def _refresh_if(self, finite):
         """The factor and inverse refresh, when the statistics are finite, with each layer's T as the capture graph
