@@ -136,13 +136,13 @@ class _Blocks(nn.Cell):
         super().__init__()
         self.a, self.g = (nb_a, b_a), (nb_g, b_g)
 
-    def construct(self, x, grad, inv_a, inv_g, x3, x2):
+    def construct(self, x, grad, inv_a, inv_g, x12, x2):
         right = apply_right(grad, inv_a, *self.a)
         one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the column-blocks path
         return (block_gram(x, *self.a, 0.5), block_trace(inv_a, grad.shape[1]), right,
                 apply_left(inv_g, right, *self.g), sample_block_gram(one_position, *self.a, 0.5),
-                sample_block_gram(x3, *self.a, 0.5),  # (5, d, 3): the per-sample path when b <= 12
-                sample_block_gram(x2, *self.a, 0.5))  # (5, d, 2): the column-blocks path with positions when b > 8
+                sample_block_gram(x12, *self.a, 0.5),  # (5, d, 12): the per-sample path (b <= 12 in every case)
+                sample_block_gram(x2, *self.a, 0.5))  # (5, d, 2): the samples moved side by side (b > 2)
 
 
 @pytest.mark.parametrize("o, d, split", [(6, 5, 0), (8, 12, 4), (7, 10, 4), (12, 8, 4), (5, 9, 4), (3, 16, 8),
@@ -158,17 +158,17 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
     grad = rng.standard_normal((o, d)).astype(np.float32)
     inv_a = rng.standard_normal((nba, ba, ba)).astype(np.float32)
     inv_g = rng.standard_normal((nbg, bg, bg)).astype(np.float32)
-    x3 = rng.standard_normal((5, d, 3)).astype(np.float32)
+    x12 = rng.standard_normal((5, d, 12)).astype(np.float32)
     x2 = rng.standard_normal((5, d, 2)).astype(np.float32)
-    gram, trace, right, both, sample_gram, sample_gram3, sample_gram2 = (t.asnumpy() for t in _Blocks(
-        nba, ba, nbg, bg)(Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g), Tensor(x3), Tensor(x2)))
+    gram, trace, right, both, sample_gram, sample_gram12, sample_gram2 = (t.asnumpy() for t in _Blocks(
+        nba, ba, nbg, bg)(Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g), Tensor(x12), Tensor(x2)))
     dense_a, dense_g = _blocks_to_dense(inv_a.astype(np.float64), d), _blocks_to_dense(inv_g.astype(np.float64), o)
     x64, g64 = x.astype(np.float64), grad.astype(np.float64)
     np.testing.assert_allclose(_blocks_to_dense(gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(_blocks_to_dense(sample_gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
-    for got, xl in ((sample_gram3, x3), (sample_gram2, x2)):
+    for got, xl in ((sample_gram12, x12), (sample_gram2, x2)):
         xl = xl.astype(np.float64)
         np.testing.assert_allclose(_blocks_to_dense(got, d), 0.5 * np.einsum("ndl,nel->de", xl, xl) *
                                    _block_mask(d, split), rtol=1e-5, atol=1e-5)

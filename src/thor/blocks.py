@@ -13,8 +13,9 @@ two forms (``apply_right``, config key ``thor_right_product``): ``bmm`` moves th
 the front (nb, O, b), multiplies them in one batched matmul and moves them back; ``conv`` is a grouped 1x1
 convolution over the reshape (O, D, 1, 1) (group k = column block k), with no data moved. Both multiply by each
 block's transpose: A^-1 is the inverse of the symmetric A + damping I, and its stored float32 value is used
-transposed (equal up to the rounding of the inverse). Statistics of a convolution are gathered per sample from
-the (N, D, positions) layout with a batched matmul, never transposing an activation. Padding is written as a
+transposed (equal up to the rounding of the inverse). Statistics of a convolution are gathered from the
+(N, D, positions) layout: per sample with a batched matmul on large feature maps (the activation is not moved),
+with the samples moved side by side on small ones (``sample_block_gram``). Padding is written as a
 concatenation with zeros and the cut as ``ops.slice``.
 
 No ``ops.transpose`` anywhere: MindSpore's CPU Transpose kernel, given a constant permutation, builds a table of
@@ -109,18 +110,17 @@ def block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
 def sample_block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
     """Diagonal blocks of ``scale * sum_n x_n x_n^T`` for x (N, D, L) (D = features, L = positions): (nb, b, b).
 
-    With L >= b / 4 (large feature maps): a free reshape to (N * nb, b, L), one batched matmul, a sum over
-    samples; no transpose of the activation. With fewer positions, the per-sample products (N * nb * b * b)
-    would outgrow the activation itself, so the column blocks (nb, N * L, b) are formed by moving the axes of
-    what is then a small tensor (Unstack and Stack) and multiplied blockwise."""
+    With fewer positions than the block size (L < b), the samples are moved next to each other, (N, D, L) ->
+    (D, N, L) by ``swap_leading`` (one copy of x), and each block is one product of (b, N * L) by its transpose.
+    With L >= b: a free reshape to (N * nb, b, L), one batched matmul per sample and block, a sum over samples,
+    without moving the activation. Each way holds the smaller of the two intermediates (the moved copy, N * D * L,
+    against the per-sample products, N * D * b), and the first gives long products (N * L terms) where the
+    per-sample ones would be short."""
     n, _, positions = x.shape
     x = _pad_to(ops.cast(x, ms.float32), 1, nb * b)
-    if 4 * positions < b:  # (N, nb, b, L) -> (N, nb, L, b) -> (nb, N, L, b), then X_k^T X_k per block
-        x = ops.reshape(x, (n, nb, b, positions))
-        if positions > 1:
-            x = _swap_adjacent(x, 2)
-        cols = ops.reshape(swap_leading(ops.reshape(x, (n, nb, positions * b))), (nb, n * positions, b))
-        return _BMM_TA(cols, cols) * scale
+    if positions < b:
+        cols = ops.reshape(swap_leading(x), (nb, b, n * positions))
+        return _BMM_TB(cols, cols) * scale
     rows = ops.reshape(x, (n * nb, b, positions))
     per_sample = _BMM_TB(rows, rows)                      # (N * nb, b, b)
     return ops.reshape(sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale

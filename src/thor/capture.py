@@ -23,8 +23,8 @@ Then F ~= A (x) G (KFC, Grosse & Martens 2016: positions assumed independent, sp
 and vec(dW) is preconditioned as G^-1 dW A^-1. Only the diagonal blocks of A and G are formed
 (``split_dim``; see blocks.py), so capture costs N*T*D*b flops, not N*T*D^2. A convolution's patches are
 taken as (N, C*kh*kw, T) (a reshape for a 1x1 stride-1 conv, ``ops.unfold`` otherwise) and its output
-gradient as (N, O, T), the layouts MindSpore already holds, so large activations are never transposed
-(blocks.sample_block_gram).
+gradient as (N, O, T), the layouts MindSpore already holds; only the small ones (T < the block size) are
+copied, to put the samples side by side (blocks.sample_block_gram).
 
 Capture happens only in the graph compiled while ``thor_capture`` is True (the update-step graph); the
 other graph contains no statistics work at all. The statistics are computed from ``stop_gradient`` of the layer
