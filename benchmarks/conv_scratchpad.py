@@ -32,12 +32,19 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
-def heap_mib():
-    """Bytes malloc has handed out and not taken back (chunks in use + separately mapped blocks), in MiB."""
+def heap_info():
+    """glibc's heap now: ``in_use_mib`` (chunks handed out, separately mapped blocks included), ``free_mib`` (freed
+    chunks its arenas keep, resident wherever they were touched) and ``free_chunks`` (how many)."""
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = _MallInfo2
     info = libc.mallinfo2()
-    return (info.uordblks + info.hblkhd) / 2 ** 20
+    return {"in_use_mib": (info.uordblks + info.hblkhd) / 2 ** 20, "free_mib": info.fordblks / 2 ** 20,
+            "free_chunks": int(info.ordblks)}
+
+
+def heap_mib():
+    """Bytes malloc has handed out and not taken back (chunks in use + separately mapped blocks), in MiB."""
+    return heap_info()["in_use_mib"]
 
 
 def parse_shape(text):

@@ -43,6 +43,12 @@ def _peak_rss_mib():
     return status_mib("VmHWM")
 
 
+def _heap_now():
+    """glibc's heap now (benchmarks.conv_scratchpad.heap_info): in use, and freed but kept by its arenas."""
+    from benchmarks.conv_scratchpad import heap_info
+    return heap_info()
+
+
 def setup(args):
     """As train.py does before the first kernel: the oneDNN cap, the device, graph mode."""
     import mindspore as ms
@@ -116,7 +122,7 @@ class _TimedGraph:
         start = time.perf_counter()
         out = self.cell.compile(*args)
         self.compile_s += time.perf_counter() - start
-        self.events.append((time.perf_counter(), f"{self.name} compile", _peak_rss_mib()))
+        self.events.append((time.perf_counter(), f"{self.name} compile", _peak_rss_mib(), _heap_now()))
         return out
 
     def __call__(self, *args):
@@ -128,7 +134,7 @@ class _TimedGraph:
         first.asnumpy()  # waits for the graph (the CPU backend has no device synchronize)
         self.times.append(time.perf_counter() - start)
         if len(self.times) == 1:
-            self.events.append((time.perf_counter(), f"{self.name} first run", _peak_rss_mib()))
+            self.events.append((time.perf_counter(), f"{self.name} first run", _peak_rss_mib(), _heap_now()))
         return out
 
 
@@ -156,7 +162,7 @@ def measure(arm, args):
         out["built_rss_mib"] = _peak_rss_mib()
         first = first_call(momentum)
         t, _ = time_windows(momentum, warmup=args.warmup, runs=args.runs, window=args.window)
-        out.update(compile_s=first - t, peak_rss_mib=_peak_rss_mib())
+        out.update(compile_s=first - t, peak_rss_mib=_peak_rss_mib(), heap=_heap_now())
         return out
 
     opt, cell, thor = build_cell("Thor", args)
@@ -169,7 +175,7 @@ def measure(arm, args):
     out["after_update_graph_rss_mib"] = _peak_rss_mib()
     flags[:] = False
     first_plain = first_call(thor)                # plain graph
-    out.update(peak_rss_mib=_peak_rss_mib(), state_mib=opt.state_bytes() / 2 ** 20)
+    out.update(peak_rss_mib=_peak_rss_mib(), state_mib=opt.state_bytes() / 2 ** 20, heap=_heap_now())
     _, _, momentum = build_cell("Momentum", args)
     first_call(momentum)
 
@@ -201,7 +207,7 @@ def measure(arm, args):
         first = timed.times[0] - statistics.median(timed.times[1:])
         out[f"graph_{name}_compile_s"] = timed.compile_s if timed.compile_s else first
         out[f"graph_{name}_ms"] = statistics.median(timed.times[1:]) * 1000
-    out["events"] = [[what, mib] for _, what, mib in sorted(events)]
+    out["events"] = [[what, mib, heap] for _, what, mib, heap in sorted(events)]
     return out
 
 
@@ -245,10 +251,14 @@ def main(argv=None):
         f"{name} {row[f'thor_graph_{name}_compile_s']:.1f} / {row[f'thor_graph_{name}_ms']:.1f}"
         for name in GRAPHS[args.update_pass]))
     parts, before = [], row["thor_built_rss_mib"]
-    for what, peak in row["thor_events"]:
-        parts.append(f"{what} {peak - before:+.0f}")
+    for what, peak, heap in row["thor_events"]:
+        parts.append(f"{what} {peak - before:+.0f} (heap free {heap['free_mib']:.0f} in {heap['free_chunks']} chunks)")
         before = peak
-    print("peak RSS each THOR graph's compile and first run added, in order, MiB: " + "; ".join(parts))
+    print("peak RSS each THOR graph's compile and first run added, in order, MiB, and glibc's freed heap then (a "
+          "compile's is given back, where whole pages are free, right after it): " + "; ".join(parts))
+    print("glibc's heap after the first steps, MiB in use / freed but kept: " + "; ".join(
+        f"{arm} {row[f'{arm}_heap']['in_use_mib']:.0f} / {row[f'{arm}_heap']['free_mib']:.0f} "
+        f"({row[f'{arm}_heap']['free_chunks']} free chunks)" for arm in ("momentum", "thor")))
     print(f"\nwritten {output}")
     return row
 

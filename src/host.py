@@ -168,11 +168,10 @@ def release_free_heap() -> bool:
     """Give the pages of glibc's heap that hold only freed memory back to the system (``malloc_trim(0)``).
     Returns True when some were given back; False where there is no glibc.
 
-    Compiling a graph allocates and frees a great deal: after THOR's statistics pass compiled (ResNet-50, 32x32),
-    glibc's main arena held 452 MiB of freed chunks (419,000 of them, about 1 KiB each, between chunks still in
-    use) and the process kept them resident. A trim after each compile gives back the whole pages among them, and
-    the graphs compiled and run after it reuse less fragmented memory (the training cells call it between
-    compiling and running; docs/performance.md)."""
+    Compiling a graph allocates and frees a great deal: right after THOR's statistics pass compiled (ResNet-50,
+    32x32), glibc held 398 MiB of freed chunks, 394,619 of them between chunks still in use (python -m
+    benchmarks.thor_step). A trim after each compile gives back the whole pages among them before the graphs
+    first run (the training cells call it between compiling and running; docs/performance.md)."""
     name = ctypes.util.find_library("c")
     try:
         trim = ctypes.CDLL(name).malloc_trim if name else None
