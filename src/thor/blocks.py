@@ -40,8 +40,19 @@ _MATMUL_TB = ops.MatMul(transpose_b=True)
 _BMM_TB = ops.BatchMatMul(transpose_b=True)
 _BMM_TA = ops.BatchMatMul(transpose_a=True)
 _SOLVE = ops.MatrixSolve()
+# primitive instances called directly: the functional forms (ops.reshape, ops.stack, ops.unstack) are Python
+# functions the graph compiler parses and inlines at every call, and the statistics pass's compile left about 25 MiB
+# more resident with them (docs/performance.md)
+RESHAPE = ops.Reshape()
+_STACKS = tuple(ops.Stack(axis=a) for a in range(4))
+_UNSTACKS = tuple(ops.Unstack(axis=a) for a in range(4))
 _UNIT_ROUNDOFF = 2.0 ** -24  # float32
 _RUNTIME_ZEROS_BYTES = 2 ** 20  # zero padding larger than this is made at run time (_pad_to)
+
+
+def _float32(x):
+    """``x`` as float32 (no Cast node when it is float32 already)."""
+    return x if x.dtype == ms.float32 else ops.cast(x, ms.float32)
 
 
 def block_layout(dim: int, split_dim: int) -> tuple[int, int]:
@@ -81,8 +92,8 @@ def _swap_adjacent(x: Tensor, axis: int) -> Tensor:
     """``x`` with axes ``axis`` and ``axis + 1`` swapped, by an Unstack along the shorter of the two and a Stack at
     the other's place (no index table; see the module docstring)."""
     if x.shape[axis + 1] <= x.shape[axis]:
-        return ops.stack(ops.unstack(x, axis=axis + 1), axis=axis)
-    return ops.stack(ops.unstack(x, axis=axis), axis=axis + 1)
+        return _STACKS[axis](_UNSTACKS[axis + 1](x))
+    return _STACKS[axis + 1](_UNSTACKS[axis](x))
 
 
 def swap_leading(x: Tensor) -> Tensor:
@@ -95,14 +106,14 @@ def to_block_columns(x: Tensor, nb: int, b: int) -> Tensor:
     """(M, D) -> (nb, M, b): the columns of ``x`` cut into ``nb`` groups of ``b`` (zero-padded)."""
     m = x.shape[0]
     x = _pad_to(x, 1, nb * b)
-    return swap_leading(ops.reshape(x, (m, nb, b)))
+    return swap_leading(RESHAPE(x, (m, nb, b)))
 
 
 def block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
     """Diagonal blocks of ``scale * x^T x`` for x (M, D): (nb, b, b), computed blockwise (M * D * b flops)."""
-    x = ops.cast(x, ms.float32)
+    x = _float32(x)
     if nb == 1:  # b == D
-        return ops.reshape(_MATMUL_TA(x, x), (1, b, b)) * scale
+        return RESHAPE(_MATMUL_TA(x, x), (1, b, b)) * scale
     cols = to_block_columns(x, nb, b)
     return _BMM_TA(cols, cols) * scale
 
@@ -117,13 +128,13 @@ def sample_block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
     against the per-sample products, N * D * b), and the first gives long products (N * L terms) where the
     per-sample ones would be short."""
     n, _, positions = x.shape
-    x = _pad_to(ops.cast(x, ms.float32), 1, nb * b)
+    x = _pad_to(_float32(x), 1, nb * b)
     if positions < b:
-        cols = ops.reshape(swap_leading(x), (nb, b, n * positions))
+        cols = RESHAPE(swap_leading(x), (nb, b, n * positions))
         return _BMM_TB(cols, cols) * scale
-    rows = ops.reshape(x, (n * nb, b, positions))
+    rows = RESHAPE(x, (n * nb, b, positions))
     per_sample = _BMM_TB(rows, rows)                      # (N * nb, b, b)
-    return ops.reshape(sum_rows(ops.reshape(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
+    return RESHAPE(sum_rows(RESHAPE(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
 
 
 def block_diagonal(blocks: Tensor) -> Tensor:
@@ -136,7 +147,7 @@ def block_trace(blocks: Tensor, dim: int, diag: Tensor | None = None) -> Tensor:
     ``diag``: ``block_diagonal(blocks)`` when the caller has it already."""
     nb, b, _ = blocks.shape
     diag = block_diagonal(blocks) if diag is None else diag
-    return _cut_to(ops.reshape(diag, (1, nb * b)), 1, dim).sum()
+    return _cut_to(RESHAPE(diag, (1, nb * b)), 1, dim).sum()
 
 
 def damped_inverse(blocks: Tensor, damping: Tensor, diag: Tensor | None = None) -> Tensor:
@@ -151,7 +162,7 @@ def damped_inverse(blocks: Tensor, damping: Tensor, diag: Tensor | None = None) 
     nb, b, _ = blocks.shape
     diag = block_diagonal(blocks) if diag is None else diag
     eye = ops.broadcast_to(ops.eye(b, b, ms.float32), (nb, b, b))
-    shift = ops.maximum(damping, ops.reshape(diag.max(axis=1), (nb, 1, 1)) * (b * _UNIT_ROUNDOFF))
+    shift = ops.maximum(damping, RESHAPE(diag.max(axis=1), (nb, 1, 1)) * (b * _UNIT_ROUNDOFF))
     # broadcast first: a CPU Mul of (nb, 1, 1) by (nb, b, b) builds two 8-byte indices per output element on its
     # first run and keeps them while its graph lives (python -m benchmarks.thor_ops, "damping on the diagonal")
     return _SOLVE(blocks + ops.broadcast_to(shift, (nb, b, b)) * eye, eye)
@@ -167,20 +178,20 @@ def apply_right(grad: Tensor, inv: Tensor, nb: int, b: int, how: str = "bmm") ->
     block k)."""
     o, d = grad.shape
     if nb == 1:
-        return _MATMUL_TB(grad, ops.reshape(inv, (b, b)))
+        return _MATMUL_TB(grad, RESHAPE(inv, (b, b)))
     x = _pad_to(grad, 1, nb * b)
     if how == "bmm":
-        out = swap_leading(_BMM_TB(swap_leading(ops.reshape(x, (o, nb, b))), inv))
+        out = swap_leading(_BMM_TB(swap_leading(RESHAPE(x, (o, nb, b))), inv))
     else:
-        out = ops.conv2d(ops.reshape(x, (o, nb * b, 1, 1)), ops.reshape(inv, (nb * b, b, 1, 1)), groups=nb)
-    return _cut_to(ops.reshape(out, (o, nb * b)), o, d)
+        out = ops.conv2d(RESHAPE(x, (o, nb * b, 1, 1)), RESHAPE(inv, (nb * b, b, 1, 1)), groups=nb)
+    return _cut_to(RESHAPE(out, (o, nb * b)), o, d)
 
 
 def apply_left(inv: Tensor, grad: Tensor, nb: int, b: int) -> Tensor:
     """``blockdiag(inv) @ grad`` for inv (nb, b, b) and grad (O, D) -> (O, D): a reshape, no transpose."""
     o, d = grad.shape
     if nb == 1:
-        return ops.matmul(ops.reshape(inv, (b, b)), grad)
-    rows = ops.reshape(_pad_to(grad, 0, nb * b), (nb, b, d))
-    out = ops.reshape(ops.bmm(inv, rows), (nb * b, d))
+        return ops.matmul(RESHAPE(inv, (b, b)), grad)
+    rows = RESHAPE(_pad_to(grad, 0, nb * b), (nb, b, d))
+    out = RESHAPE(ops.bmm(inv, rows), (nb * b, d))
     return _cut_to(out, o, d)

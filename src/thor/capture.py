@@ -43,7 +43,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import constexpr
 
 from src.errors import UserError
-from src.thor.blocks import block_gram, block_layout, sample_block_gram
+from src.thor.blocks import RESHAPE, block_gram, block_layout, sample_block_gram
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -101,7 +101,7 @@ class _CaptureMixin:
         n = dout.shape[0]
         nbg, bg = self.thor_g_layout
         if len(dout.shape) == 4:  # (N, O, H, W) -> (N, O, L): a reshape, no transpose
-            stat = sample_block_gram(ops.reshape(dout, (n, dout.shape[1], -1)), nbg, bg, float(n))
+            stat = sample_block_gram(RESHAPE(dout, (n, dout.shape[1], -1)), nbg, bg, float(n))
         else:
             stat = block_gram(dout, nbg, bg, float(n))
         return ops.depend(dout, ops.assign(self.thor_g, stat))  # = S^2 * G
@@ -115,7 +115,7 @@ class CaptureConv2d(nn.Conv2d, _CaptureMixin):
         kh, kw = self.kernel_size
         sh, sw = self.stride
         if kh == 1 and kw == 1 and self.thor_pad == 0 and sh == 1 and sw == 1:
-            return ops.reshape(x, (x.shape[0], x.shape[1], -1))
+            return RESHAPE(x, (x.shape[0], x.shape[1], -1))
         return ops.unfold(x, (kh, kw), 1, self.thor_pad, (sh, sw))
 
     def _capture_a(self, x):

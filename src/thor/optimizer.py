@@ -54,6 +54,7 @@ from mindspore.nn.optim.momentum import _momentum_opt
 from mindspore.parallel._utils import _get_device_num, _get_parallel_mode
 
 from src.thor.blocks import (
+    RESHAPE,
     RIGHT_PRODUCTS,
     apply_left,
     apply_right,
@@ -74,7 +75,7 @@ def _all_finite(x, y):
 def _dot(x, y):
     """<x, y> (sum of the elementwise product) as one (1, n) @ (n, 1) matrix product: no product tensor is
     formed and the CPU ReduceSum kernel is avoided (python -m benchmarks.thor_ops)."""
-    return ops.matmul(ops.reshape(x, (1, -1)), ops.reshape(y, (-1, 1)))
+    return ops.matmul(RESHAPE(x, (1, -1)), RESHAPE(y, (-1, 1)))
 
 
 def _pick(cond, new, old):
@@ -104,9 +105,9 @@ def _precondition_tensor(a_inv, g_inv, how, info, grad):
     layer = info[0]
     if layer < 0:
         return grad
-    g2 = apply_right(ops.reshape(grad, (info[1], -1)), a_inv[layer], info[2], info[3], how)
+    g2 = apply_right(RESHAPE(grad, (info[1], -1)), a_inv[layer], info[2], info[3], how)
     g2 = apply_left(g_inv[layer], g2, info[4], info[5])
-    return ops.reshape(g2, grad.shape)
+    return RESHAPE(g2, grad.shape)
 
 
 @_kl_scale.register("Tensor", "Tuple", "Tensor")
@@ -271,7 +272,7 @@ class Thor(nn.Momentum):
         vg = ops.zeros((), ms.float32)
         for i in range(len(self.param_layer)):
             if self.param_layer[i] >= 0:
-                vg = vg + ops.reshape(_dot(new_grads[i], gradients[i]), ())
+                vg = vg + RESHAPE(_dot(new_grads[i], gradients[i]), ())
         vg = vg * lr * lr
         nu = ops.minimum(ops.ones((), ms.float32), ops.sqrt(self.kl_clip / ops.maximum(vg, 1e-30)))
         return self.hyper_map(ops.partial(_kl_scale, nu), self.param_info, new_grads)
