@@ -100,7 +100,8 @@ GRAPHS = {"statistics": ("statistics", "refresh_factors", "plain_step"),
 class _TimedGraph:
     """Stands in for one of the THOR trainer's graph cells: records the time its compile took (the trainer
     compiles every graph before the first runs), the wall time of each call (until the device is idle again), and
-    the process's peak RSS after the compile and after the first call, as ``(when, what, MiB)`` in ``events``."""
+    the process's peak RSS and glibc's heap after the compile and after the first call, as ``(when, what, MiB,
+    heap)`` in ``events``."""
 
     def __init__(self, cell, name, events):
         self.cell = cell

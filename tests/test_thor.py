@@ -138,7 +138,7 @@ class _Blocks(nn.Cell):
 
     def construct(self, x, grad, inv_a, inv_g, x12, x2):
         right = apply_right(grad, inv_a, *self.a)
-        one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the column-blocks path
+        one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the samples moved side by side
         return (block_gram(x, *self.a, 0.5), block_trace(inv_a, grad.shape[1]), right,
                 apply_left(inv_g, right, *self.g), sample_block_gram(one_position, *self.a, 0.5),
                 sample_block_gram(x12, *self.a, 0.5),  # (5, d, 12): the per-sample path (b <= 12 in every case)
