@@ -15,9 +15,8 @@ glibc's ``malloc_trim``: what the process still holds, not what compiling used f
 ``--length`` defaults to 161, ResNet-50's parameter count: THOR's optimizer built its preconditioned gradients the
 first way until the graphs were measured (docs/performance.md). Prints a markdown table and writes JSON.
 """
-import ctypes
-
 from benchmarks import timing
+from src.host import release_free_heap
 
 ARMS = ("adds", "tuple_loop", "tuple_hypermap")
 
@@ -55,7 +54,7 @@ def measure(arm, args):
             return self.hyper_map(ops.partial(scale, x), self.constants)
 
     def resident():
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        release_free_heap()
         return timing.status_mib("VmRSS")
 
     x = ms.Tensor(np.ones((4, 4), np.float32))

@@ -44,8 +44,8 @@ _SOLVE = ops.MatrixSolve()
 # functions the graph compiler parses and inlines at every call, and the statistics pass's compile left about 25 MiB
 # more resident with them (docs/performance.md)
 RESHAPE = ops.Reshape()
-_STACKS = tuple(ops.Stack(axis=a) for a in range(4))
-_UNSTACKS = tuple(ops.Unstack(axis=a) for a in range(4))
+_STACK0, _STACK1 = ops.Stack(axis=0), ops.Stack(axis=1)
+_UNSTACK0, _UNSTACK1 = ops.Unstack(axis=0), ops.Unstack(axis=1)
 _UNIT_ROUNDOFF = 2.0 ** -24  # float32
 _RUNTIME_ZEROS_BYTES = 2 ** 20  # zero padding larger than this is made at run time (_pad_to)
 
@@ -88,18 +88,12 @@ def _cut_to(x, rows, cols):
     return ops.slice(x, (0, 0), (rows, cols))
 
 
-def _swap_adjacent(x: Tensor, axis: int) -> Tensor:
-    """``x`` with axes ``axis`` and ``axis + 1`` swapped, by an Unstack along the shorter of the two and a Stack at
-    the other's place (no index table; see the module docstring)."""
-    if x.shape[axis + 1] <= x.shape[axis]:
-        return _STACKS[axis](_UNSTACKS[axis + 1](x))
-    return _STACKS[axis + 1](_UNSTACKS[axis](x))
-
-
 def swap_leading(x: Tensor) -> Tensor:
-    """(P, Q, ...) -> (Q, P, ...), as ``ops.transpose(x, (1, 0, 2, ...))`` computes it, with an Unstack and a Stack
-    along the shorter of the two axes (no index table; see the module docstring)."""
-    return _swap_adjacent(x, 0)
+    """(P, Q, ...) -> (Q, P, ...), as ``ops.transpose(x, (1, 0, 2, ...))`` computes it, with an Unstack along the
+    shorter of the two axes and a Stack at the other's place (no index table; see the module docstring)."""
+    if x.shape[1] <= x.shape[0]:
+        return _STACK0(_UNSTACK1(x))
+    return _STACK1(_UNSTACK0(x))
 
 
 def to_block_columns(x: Tensor, nb: int, b: int) -> Tensor:
