@@ -8,6 +8,7 @@ import mindspore.dataset as ds
 
 from src import checkpoint
 from src.errors import UserError
+from src.thor.capture import DERIVED_PREFIX
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -63,7 +64,7 @@ def restore(cfg: EasyDict, train_cell: nn.Cell, params: dict, path: str, steps_p
     info = checkpoint.meta(params)
     if info["epoch_num"] is None:
         raise UserError(f"{path}: no epoch recorded; not a training checkpoint of this repository")
-    checkpoint.load_into(train_cell, params, path, skip=SCHEDULE_PARAMS)
+    checkpoint.load_into(train_cell, params, path, skip=SCHEDULE_PARAMS + (DERIVED_PREFIX,))
     epoch = int(info["epoch_num"])
     if info["step_num"] != epoch * steps_per_epoch:
         raise UserError(f"{path}: saved at step {info['step_num']} of epoch {epoch}, which does not match "

@@ -17,7 +17,7 @@ from src.thor.blocks import (
     sample_block_gram,
     swap_leading,
 )
-from src.thor.capture import attach, sync_positions
+from src.thor.capture import attach, sync_shapes
 from src.thor.optimizer import Thor
 from src.thor.trainer import ThorTrainer
 from src.train_step import TrainStep
@@ -139,10 +139,10 @@ class _Blocks(nn.Cell):
     def construct(self, x, grad, inv_a, inv_g, x12, x2):
         right = apply_right(grad, inv_a, *self.a)
         one_position = ops.reshape(x, (x.shape[0], x.shape[1], 1))  # (11, d, 1): the samples moved side by side
-        return (block_gram(x, *self.a, 0.5), block_trace(inv_a, grad.shape[1]), right,
-                apply_left(inv_g, right, *self.g), sample_block_gram(one_position, *self.a, 0.5),
-                sample_block_gram(x12, *self.a, 0.5),  # (5, d, 12): the per-sample path (b <= 12 in every case)
-                sample_block_gram(x2, *self.a, 0.5))  # (5, d, 2): the samples moved side by side (b > 2)
+        return (block_gram(x, *self.a), block_trace(inv_a, grad.shape[1]), right,
+                apply_left(inv_g, right, *self.g), sample_block_gram(one_position, *self.a),
+                sample_block_gram(x12, *self.a),  # (5, d, 12): the per-sample path (b <= 12 in every case)
+                sample_block_gram(x2, *self.a))  # (5, d, 2): the samples moved side by side (b > 2)
 
 
 @pytest.mark.parametrize("o, d, split", [(6, 5, 0), (8, 12, 4), (7, 10, 4), (12, 8, 4), (5, 9, 4), (3, 16, 8),
@@ -164,13 +164,13 @@ def test_block_algebra_matches_dense_numpy(o, d, split):
         nba, ba, nbg, bg)(Tensor(x), Tensor(grad), Tensor(inv_a), Tensor(inv_g), Tensor(x12), Tensor(x2)))
     dense_a, dense_g = _blocks_to_dense(inv_a.astype(np.float64), d), _blocks_to_dense(inv_g.astype(np.float64), o)
     x64, g64 = x.astype(np.float64), grad.astype(np.float64)
-    np.testing.assert_allclose(_blocks_to_dense(gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
+    np.testing.assert_allclose(_blocks_to_dense(gram, d), (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(_blocks_to_dense(sample_gram, d), 0.5 * (x64.T @ x64) * _block_mask(d, split),
+    np.testing.assert_allclose(_blocks_to_dense(sample_gram, d), (x64.T @ x64) * _block_mask(d, split),
                                rtol=1e-5, atol=1e-5)
     for got, xl in ((sample_gram12, x12), (sample_gram2, x2)):
         xl = xl.astype(np.float64)
-        np.testing.assert_allclose(_blocks_to_dense(got, d), 0.5 * np.einsum("ndl,nel->de", xl, xl) *
+        np.testing.assert_allclose(_blocks_to_dense(got, d), np.einsum("ndl,nel->de", xl, xl) *
                                    _block_mask(d, split), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(trace, np.trace(dense_a), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(right, g64 @ dense_a.T, rtol=1e-5, atol=1e-5)  # each block transposed (symmetric A^-1)
@@ -193,7 +193,7 @@ def test_zero_padding_made_at_run_time_equals_the_constant(monkeypatch):
 
     class Pad(nn.Cell):
         def construct(self, x):
-            return blocks._pad_to(x, 1, 16), sample_block_gram(x, 4, 4, 0.5)
+            return blocks._pad_to(x, 1, 16), sample_block_gram(x, 4, 4)
 
     outs = {}
     for limit in (2 ** 20, 0):  # the constant, then the run-time zeros
@@ -261,11 +261,11 @@ def test_conv_statistics_for_every_kernel_form(k, stride, pad):
     layer.thor_capture = True
     x, _ = _data()
     net(Tensor(x)).asnumpy()
-    sync_positions([layer])
+    sync_shapes([layer])
     cols = _im2col(x.astype(np.float64), k, stride, pad)
     t = cols.shape[1]
     expected = np.einsum("ntd,nte->de", cols, cols) / (N * t) * _block_mask(C * k * k, 4)
-    got = _blocks_to_dense(layer.thor_a.asnumpy(), C * k * k)
+    got = _blocks_to_dense(layer.thor_a.asnumpy() * layer.thor_a_scale.asnumpy(), C * k * k)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert float(layer.thor_positions.asnumpy()) == t
 
@@ -324,10 +324,13 @@ def test_factor_decay_keeps_a_running_average():
     _, opt, trainer = _build(8, lr=0.1, steps=2, factor_decay=0.75)
     trainer(*map(Tensor, _data(seed=0)))
     first_a, first_g = opt.a_avg[0].asnumpy().copy(), opt.g_avg[1].asnumpy().copy()
-    np.testing.assert_allclose(first_a, opt.a_stat[0].asnumpy(), rtol=1e-6)  # first update: no history
+    # the capture stores sums: A = sum * a_scale, G = sum * g_scale / S^2 (the refresh's products, in float32)
+    a_new = opt.a_stat[0].asnumpy() * opt.a_scale[0].asnumpy()
+    np.testing.assert_array_equal(first_a, a_new)  # first update: no history
     trainer(*map(Tensor, _data(seed=1)))
-    np.testing.assert_allclose(opt.a_avg[0].asnumpy(), 0.75 * first_a + 0.25 * opt.a_stat[0].asnumpy(), rtol=1e-5)
-    g_new = opt.g_stat[1].asnumpy() / 8.0 ** 2  # the hook stores S^2 * G
+    a_new = opt.a_stat[0].asnumpy() * opt.a_scale[0].asnumpy()
+    np.testing.assert_allclose(opt.a_avg[0].asnumpy(), 0.75 * first_a + 0.25 * a_new, rtol=1e-5)
+    g_new = opt.g_stat[1].asnumpy() * opt.g_scale[1].asnumpy() / np.float32(8.0 ** 2)
     np.testing.assert_allclose(opt.g_avg[1].asnumpy(), 0.75 * first_g + 0.25 * g_new, rtol=1e-5, atol=1e-9)
 
 

@@ -33,13 +33,14 @@ import math
 import mindspore as ms
 from mindspore import Tensor, ops
 
-from src.train_step import sum_rows
-
 _MATMUL_TA = ops.MatMul(transpose_a=True)
 _MATMUL_TB = ops.MatMul(transpose_b=True)
 _BMM_TB = ops.BatchMatMul(transpose_b=True)
 _BMM_TA = ops.BatchMatMul(transpose_a=True)
 _SOLVE = ops.MatrixSolve()
+_MATMUL = ops.MatMul()
+_CAST = ops.Cast()
+_ONES = ops.Ones()
 # primitive instances called directly: the functional forms (ops.reshape, ops.stack, ops.unstack) are Python
 # functions the graph compiler parses and inlines at every call, and the statistics pass's compile left about 25 MiB
 # more resident with them (docs/performance.md)
@@ -103,32 +104,41 @@ def to_block_columns(x: Tensor, nb: int, b: int) -> Tensor:
     return swap_leading(RESHAPE(x, (m, nb, b)))
 
 
-def block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
-    """Diagonal blocks of ``scale * x^T x`` for x (M, D): (nb, b, b), computed blockwise (M * D * b flops)."""
+def block_gram(x: Tensor, nb: int, b: int) -> Tensor:
+    """Diagonal blocks of ``x^T x`` for x (M, D): (nb, b, b), computed blockwise (M * D * b flops)."""
     x = _float32(x)
     if nb == 1:  # b == D
-        return RESHAPE(_MATMUL_TA(x, x), (1, b, b)) * scale
+        return RESHAPE(_MATMUL_TA(x, x), (1, b, b))
     cols = to_block_columns(x, nb, b)
-    return _BMM_TA(cols, cols) * scale
+    return _BMM_TA(cols, cols)
 
 
-def sample_block_gram(x: Tensor, nb: int, b: int, scale: float) -> Tensor:
-    """Diagonal blocks of ``scale * sum_n x_n x_n^T`` for x (N, D, L) (D = features, L = positions): (nb, b, b).
+def sample_block_gram(x: Tensor, nb: int, b: int) -> Tensor:
+    """Diagonal blocks of ``sum_n x_n x_n^T`` for x (N, D, L) (D = features, L = positions): (nb, b, b).
 
     With fewer positions than the block size (L < b), the samples are moved next to each other, (N, D, L) ->
-    (D, N, L) by ``swap_leading`` (one copy of x), and each block is one product of (b, N * L) by its transpose.
-    With L >= b: a free reshape to (N * nb, b, L), one batched matmul per sample and block, a sum over samples,
-    without moving the activation. Each way holds the smaller of the two intermediates (the moved copy, N * D * L,
-    against the per-sample products, N * D * b), and the first gives long products (N * L terms) where the
-    per-sample ones would be short."""
-    n, _, positions = x.shape
-    x = _pad_to(_float32(x), 1, nb * b)
+    (D, N, L) (one copy of x, as ``swap_leading`` does it), and each block is one product of (b, N * L) by its
+    transpose. With L >= b: a free reshape to (N * nb, b, L), one batched matmul per sample and block, a sum over
+    samples, without moving the activation. Each way holds the smaller of the two intermediates (the moved copy,
+    N * D * L, against the per-sample products, N * D * b), and the first gives long products (N * L terms) where
+    the per-sample ones would be short.
+
+    Written with primitive instances and no call to another function unless the input needs it (a cast, a
+    padding): THOR's G capture runs it inside the backward hook of every layer, where each nested Python function
+    made the compiled statistics pass hold about 0.4 MiB more per layer, and this function's helpers (float32
+    check, padding, swap, sum over samples, scale) about 75 MiB for ResNet-50 (docs/performance.md)."""
+    n, d, positions = x.shape
+    if x.dtype != ms.float32:
+        x = _CAST(x, ms.float32)
+    if nb * b > d:
+        x = _pad_to(x, 1, nb * b)
     if positions < b:
-        cols = RESHAPE(swap_leading(x), (nb, b, n * positions))
-        return _BMM_TB(cols, cols) * scale
+        moved = _STACK0(_UNSTACK1(x)) if nb * b <= n else _STACK1(_UNSTACK0(x))  # swap_leading, inline
+        cols = RESHAPE(moved, (nb, b, n * positions))
+        return _BMM_TB(cols, cols)
     rows = RESHAPE(x, (n * nb, b, positions))
-    per_sample = _BMM_TB(rows, rows)                      # (N * nb, b, b)
-    return RESHAPE(sum_rows(RESHAPE(per_sample, (n, nb * b * b))), (nb, b, b)) * scale
+    per_sample = RESHAPE(_BMM_TB(rows, rows), (n, nb * b * b))     # (N, nb * b * b)
+    return RESHAPE(_MATMUL(_ONES((1, n), ms.float32), per_sample), (nb, b, b))  # the sum over samples
 
 
 def block_diagonal(blocks: Tensor) -> Tensor:

@@ -8,16 +8,24 @@ For a layer with weight W (out x in*kh*kw after reshaping), on an update step:
 
   G = (1 / N) * sum_n sum_t g_{n,t} g_{n,t}^T,   g_{n,t} = dl_n / ds_{n,t}
       the gradient of the *unscaled per-sample* loss l_n w.r.t. the layer output s at position t.
-      The backward pass sees dout = (S / N) * g (loss scale S, batch-mean 1/N), so the hook stores
-      N * sum dout dout^T = S^2 * G and the optimizer divides by S^2. Captured with ops.InsertGradientOf.
+      The backward pass sees dout = (S / N) * g (loss scale S, batch-mean 1/N), so N * sum dout dout^T = S^2 * G.
+      Captured with ops.InsertGradientOf.
+
+The capture graph stores the sums only (``thor_a`` = sum a a^T, ``thor_g`` = sum dout dout^T); the refresh
+(optimizer.py) multiplies them by ``thor_a_scale`` = 1/(N*T) and ``thor_g_scale`` = N, then divides G by S^2: the
+same float32 multiplications the capture graph did before, in the same order, so the factors are unchanged to the
+last bit. A multiplication inside the backward hook cost the statistics pass's compiled graph about 55 MiB of
+resident memory for ResNet-50 (one per layer; the same multiplication in the forward costs nothing measurable;
+docs/performance.md).
 
 The layer also records T (``thor_positions``; output positions per sample, H_out * W_out for a convolution,
-1 for Dense), which the ``mindspore`` convention of optimizer.py uses to split the damping. T is fixed by the
-shapes the capture graph is compiled for, so it is noted in Python while that graph compiles (``_note_positions``,
-a ``constexpr``, runs then) and written to the parameters by ``sync_positions`` after the graph's call, rather
-than assigned by the graph at every update step: the statistics pass's kernel graph has 3427 nodes for ResNet-50
-instead of 3585 (python -m benchmarks.thor_graphs), and a compiled graph keeps memory per node (python -m
-benchmarks.graph_memory).
+1 for Dense), which the ``mindspore`` convention of optimizer.py uses to split the damping, and the two scales.
+T and N are fixed by the shapes the capture graph is compiled for, so they are noted in Python while that graph
+compiles (``_note_shape``, a ``constexpr``, runs then) and written to the parameters by ``sync_shapes`` after the
+graph's call, rather than assigned by the graph at every update step: the statistics pass's kernel graph has 3427
+nodes for ResNet-50 instead of 3585 (python -m benchmarks.thor_graphs), and a compiled graph keeps memory per node
+(python -m benchmarks.graph_memory). They are derived values: a resumed run does not load them from its checkpoint
+(``DERIVED_PREFIX``; the positions are written again anyway).
 
 Then F ~= A (x) G (KFC, Grosse & Martens 2016: positions assumed independent, spatially homogeneous),
 and vec(dW) is preconditioned as G^-1 dW A^-1. Only the diagonal blocks of A and G are formed
@@ -49,27 +57,39 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
-# T per capturing layer (its ``thor_token``), as the capture graph last compiled saw it
-_COMPILED_POSITIONS = {}
+# (T, N) per capturing layer (its ``thor_token``), as the capture graph last compiled saw them
+_COMPILED_SHAPES = {}
 _TOKENS = itertools.count()
+# names of the statistics' scales start with this; resume does not load them (sync_shapes writes them)
+DERIVED_PREFIX = "thor.scale."
 
 
 @constexpr(reuse_result=False)
-def _note_positions(token, positions):
-    """Runs in Python while a capture graph is compiled, with the layer's T as a constant."""
-    _COMPILED_POSITIONS[token] = positions
+def _note_shape(token, positions, batch):
+    """Runs in Python while a capture graph is compiled, with the layer's T and N as constants."""
+    _COMPILED_SHAPES[token] = (positions, batch)
     return positions
 
 
-def sync_positions(layers: Sequence[nn.Cell], force: bool = False) -> None:
-    """Write each layer's T, as its capture graph was compiled for, to ``thor_positions`` (call after that graph's
-    first call; a parameter is written only when its value changes, or always with ``force``: after a checkpoint
-    was loaded over it)."""
+def statistic_scales(positions: int, batch: int) -> tuple[np.float32, np.float32]:
+    """``(1 / (N * T), N)`` in float32: what the refresh multiplies the sums A and G by (as the capture graph used
+    to: a Python float times a float32 tensor is that float rounded to float32, then a float32 product)."""
+    return np.float32(1.0 / (batch * positions)), np.float32(batch)
+
+
+def sync_shapes(layers: Sequence[nn.Cell], force: bool = False) -> None:
+    """Write each layer's T and the scales of its statistics, as its capture graph was compiled for, to
+    ``thor_positions``, ``thor_a_scale`` and ``thor_g_scale`` (call after that graph's first call; the parameters
+    are written only when the shapes change, or always with ``force``: after a checkpoint was loaded over them)."""
     for cell in layers:
-        positions = _COMPILED_POSITIONS.get(cell.thor_token)
-        if positions is not None and (force or positions != cell.thor_positions_written):
+        shape = _COMPILED_SHAPES.get(cell.thor_token)
+        if shape is not None and (force or shape != cell.thor_shape_written):
+            positions, batch = shape
+            a_scale, g_scale = statistic_scales(positions, batch)
             cell.thor_positions.set_data(Tensor(float(positions), ms.float32))
-            cell.thor_positions_written = positions
+            cell.thor_a_scale.set_data(Tensor(a_scale))
+            cell.thor_g_scale.set_data(Tensor(g_scale))
+            cell.thor_shape_written = shape
 
 
 class _CaptureMixin:
@@ -78,7 +98,7 @@ class _CaptureMixin:
     def _thor_setup(self, name, d_in, d_out, split_dim):
         self.thor_name = name
         self.thor_token = f"{name}#{next(_TOKENS)}"  # unique in the process, across networks
-        self.thor_positions_written = None
+        self.thor_shape_written = None
         self.thor_capture = False
         self.thor_dims = (d_in, d_out)
         self.thor_a_layout = block_layout(d_in, split_dim)
@@ -90,21 +110,24 @@ class _CaptureMixin:
         self.thor_g = Parameter(Tensor(np.zeros((nbg, bg, bg), np.float32)), name=f"thor.{name}.g_stat",
                                 requires_grad=False)
         self.thor_positions = Parameter(Tensor(1.0, ms.float32), name=f"thor.{name}.positions", requires_grad=False)
+        self.thor_a_scale = Parameter(Tensor(1.0, ms.float32), name=f"{DERIVED_PREFIX}{name}.a", requires_grad=False)
+        self.thor_g_scale = Parameter(Tensor(1.0, ms.float32), name=f"{DERIVED_PREFIX}{name}.g", requires_grad=False)
         self.thor_g_hook = ops.InsertGradientOf(self._thor_save_g)
 
     def _thor_record_a(self, x, stat, positions):
-        """Store A (diagonal blocks) and note T = ``positions``; returns ``x`` ordered after the store."""
-        _note_positions(self.thor_token, positions)
+        """Store sum a a^T (diagonal blocks) and note T = ``positions`` and N; returns ``x`` ordered after the
+        store."""
+        _note_shape(self.thor_token, positions, x.shape[0])
         return ops.depend(x, ops.assign(self.thor_a, stat))
 
     def _thor_save_g(self, dout):
-        n = dout.shape[0]
+        """Store sum dout dout^T (diagonal blocks; S^2 * G / N); no scale here (see the module docstring)."""
         nbg, bg = self.thor_g_layout
         if len(dout.shape) == 4:  # (N, O, H, W) -> (N, O, L): a reshape, no transpose
-            stat = sample_block_gram(RESHAPE(dout, (n, dout.shape[1], -1)), nbg, bg, float(n))
+            stat = sample_block_gram(RESHAPE(dout, (dout.shape[0], dout.shape[1], -1)), nbg, bg)
         else:
-            stat = block_gram(dout, nbg, bg, float(n))
-        return ops.depend(dout, ops.assign(self.thor_g, stat))  # = S^2 * G
+            stat = block_gram(dout, nbg, bg)
+        return ops.depend(dout, ops.assign(self.thor_g, stat))
 
 
 class CaptureConv2d(nn.Conv2d, _CaptureMixin):
@@ -120,9 +143,8 @@ class CaptureConv2d(nn.Conv2d, _CaptureMixin):
 
     def _capture_a(self, x):
         patches = self._input_patches(ops.stop_gradient(ops.cast(x, ms.float32)))
-        n, _, positions = patches.shape
         nba, ba = self.thor_a_layout
-        return self._thor_record_a(x, sample_block_gram(patches, nba, ba, 1.0 / (n * positions)), positions)
+        return self._thor_record_a(x, sample_block_gram(patches, nba, ba), patches.shape[2])
 
     def construct(self, x):
         if self.thor_capture:
@@ -140,7 +162,7 @@ class CaptureDense(nn.Dense, _CaptureMixin):
 
     def construct(self, x):
         if self.thor_capture:
-            x = self._thor_record_a(x, block_gram(ops.stop_gradient(x), *self.thor_a_layout, 1.0 / x.shape[0]), 1)
+            x = self._thor_record_a(x, block_gram(ops.stop_gradient(x), *self.thor_a_layout), 1)
         out = self.matmul(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)

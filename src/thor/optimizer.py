@@ -166,6 +166,8 @@ class Thor(nn.Momentum):
         self.a_stat = ParameterTuple([c.thor_a for c in layers])
         self.positions = ParameterTuple([c.thor_positions for c in layers])
         self.g_stat = ParameterTuple([c.thor_g for c in layers])
+        self.a_scale = ParameterTuple([c.thor_a_scale for c in layers])
+        self.g_scale = ParameterTuple([c.thor_g_scale for c in layers])
         self.a_avg = state("a", lambda c: c.thor_a_layout, zeros)
         self.g_avg = state("g", lambda c: c.thor_g_layout, zeros)
         self.a_inv = state("a_inv", lambda c: c.thor_a_layout, _eye_blocks)
@@ -208,8 +210,9 @@ class Thor(nn.Momentum):
         count = ops.zeros((), ms.float32)
         bad = ops.zeros((), ms.float32)
         for l in range(self.num_layers):
-            a_new = self.a_stat[l]
-            g_new = self.g_stat[l] * inv_scale2
+            # the capture stores sums (capture.py): A = sum * 1/(N*T), G = sum * N / S^2
+            a_new = self.a_stat[l] * self.a_scale[l]
+            g_new = self.g_stat[l] * self.g_scale[l] * inv_scale2
             if self.allreduce is not None:
                 a_new = self.allreduce(a_new) / self.group_size
                 g_new = self.allreduce(g_new) / self.group_size

@@ -31,7 +31,7 @@ import numpy as np
 from mindspore import ParameterTuple, mutable, nn, ops
 
 from src.errors import UserError
-from src.thor.capture import set_capture, sync_positions
+from src.thor.capture import set_capture, sync_shapes
 from src.train_step import TrainStep, all_finite, compile_ahead
 
 UPDATE_PASSES = ("statistics", "step")
@@ -179,10 +179,10 @@ class ThorTrainer(nn.Cell):
 
     def sync_counters(self):
         """Call after loading a checkpoint: non-finite events before it are not reported again, and each layer's T
-        is written again from the capture graph already compiled, if any (the checkpoint's may come from other
-        image sizes)."""
+        and statistics scales are written again from the capture graph already compiled, if any (the checkpoint's
+        may come from other image sizes)."""
         self.nonfinite_seen = int(self.optimizer.thor_nonfinite.asnumpy())
-        sync_positions(self.optimizer.thor_layers, force=True)
+        sync_shapes(self.optimizer.thor_layers, force=True)
 
     def global_step(self):
         return int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
@@ -244,7 +244,7 @@ class ThorTrainer(nn.Cell):
         """The factor and inverse refresh, when the statistics are finite, with each layer's T as the capture graph
         was compiled for. An overflow refreshes nothing; a step whose gradients overflow is skipped, and the next one
         retries the update (the step counter does not advance)."""
-        sync_positions(self.optimizer.thor_layers)
+        sync_shapes(self.optimizer.thor_layers)
         if bool(finite.asnumpy()):
             self.refresh_factors()
 
