@@ -8,16 +8,28 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
+from src.train_step import compile_ahead
+
 if TYPE_CHECKING:
     import mindspore.dataset as ds
 
 
 class LogitsCell(nn.Cell):
-    """Inference wrapper: the network's logits in float32."""
+    """Inference wrapper: the network's logits in float32. The first call with a new input shape (or train/eval
+    mode) compiles its graph ahead of running it and gives the heap the compile freed back (as the training cells
+    do, ``train_step.compile_ahead``); a smaller last batch is a new shape."""
 
     def __init__(self, network):
         super().__init__(auto_prefix=False)
         self.network = network
+        self.compiled_for = set()
+
+    def __call__(self, image):
+        key = (tuple(image.shape), self.training)
+        if key not in self.compiled_for:
+            self.compiled_for.add(key)
+            compile_ahead(self, image)
+        return super().__call__(image)
 
     def construct(self, image):
         return ops.cast(self.network(image), ms.float32)
