@@ -125,8 +125,9 @@ def sample_block_gram(x: Tensor, nb: int, b: int) -> Tensor:
 
     Written with primitive instances and no call to another function unless the input needs it (a cast, a
     padding): THOR's G capture runs it inside the backward hook of every layer, where each nested Python function
-    made the compiled statistics pass hold about 0.4 MiB more per layer, and this function's helpers (float32
-    check, padding, swap, sum over samples, scale) about 75 MiB for ResNet-50 (docs/performance.md)."""
+    made the compiled statistics pass hold about 0.4 MiB more per layer: this function's helper calls (float32
+    check, padding, swap, sum over samples) and its former scale together about 80 MiB for ResNet-50
+    (docs/performance.md)."""
     n, d, positions = x.shape
     if x.dtype != ms.float32:
         x = _CAST(x, ms.float32)
