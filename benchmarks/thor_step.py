@@ -113,12 +113,6 @@ class _TimedGraph:
     def __getattr__(self, name):  # the trainer's other uses of the graph cell (statistics.hold_moving_statistics)
         return getattr(self.cell, name)
 
-    def __setattr__(self, name, value):  # the trainer's flags on the graph cell (plain_step.compiled_ahead)
-        if name in ("cell", "name", "events", "times", "compile_s"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.cell, name, value)
-
     def compile(self, *args):
         start = time.perf_counter()
         out = self.cell.compile(*args)

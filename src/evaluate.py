@@ -8,7 +8,7 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-from src.train_step import compile_ahead
+from src.train_step import compile_ahead_once
 
 if TYPE_CHECKING:
     import mindspore.dataset as ds
@@ -22,13 +22,10 @@ class LogitsCell(nn.Cell):
     def __init__(self, network):
         super().__init__(auto_prefix=False)
         self.network = network
-        self.compiled_for = set()
+        self.compiled_for = set()  # inputs compiled ahead (train_step.compile_ahead_once)
 
     def __call__(self, image):
-        key = (tuple(image.shape), self.training)
-        if key not in self.compiled_for:
-            self.compiled_for.add(key)
-            compile_ahead(self, image)
+        compile_ahead_once(self, image)
         return super().__call__(image)
 
     def construct(self, image):

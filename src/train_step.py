@@ -48,14 +48,36 @@ def all_finite(hyper_map: ops.HyperMap, tensors: tuple) -> Tensor:
     return ops.isfinite(ops.stack(hyper_map(_grad_sum, tensors))).all()
 
 
+def _input_key(cell: nn.Cell, args: tuple) -> tuple:
+    """What a compiled graph of ``cell`` is specific to: its inputs' shapes (tensors, or tuples of them) and the
+    cell's train/eval mode."""
+    def key(a):
+        if isinstance(a, (tuple, list)):
+            return tuple(key(x) for x in a)
+        return tuple(a.shape) if hasattr(a, "shape") else a
+    return tuple(key(a) for a in args), cell.training
+
+
 def compile_ahead(cell: nn.Cell, *args) -> None:
     """In graph mode, compile ``cell`` for ``args`` (its next call with inputs of these shapes runs it without
     compiling), then give back the heap pages the compile freed (``host.release_free_heap``): the graph's first
     run then starts from less resident memory, and the process peaks lower (docs/performance.md). Nothing in
-    PyNative mode, where a call runs op by op."""
+    PyNative mode, where a call runs op by op. A cell that keeps ``compiled_for`` (a set) has these inputs
+    recorded there (``compile_ahead_once``)."""
     if ms.get_context("mode") == ms.GRAPH_MODE:
         cell.compile(*args)
         release_free_heap()
+    compiled = getattr(cell, "compiled_for", None)
+    if compiled is not None:
+        compiled.add(_input_key(cell, args))
+
+
+def compile_ahead_once(cell: nn.Cell, *args) -> None:
+    """``compile_ahead`` unless ``cell`` was compiled ahead for inputs of these shapes, in this mode, already (the
+    cell keeps ``compiled_for``, a set): for a cell's ``__call__``, so that its first call and a call with inputs
+    of a new shape (a smaller last batch) compile, trim, then run."""
+    if _input_key(cell, args) not in cell.compiled_for:
+        compile_ahead(cell, *args)
 
 
 def sum_rows(x: Tensor) -> Tensor:
@@ -81,7 +103,7 @@ class TrainStep(nn.Cell):
         self.dynamic = dynamic
         self.window = window
         self.reducer = None
-        self.compiled_ahead = False
+        self.compiled_for = set()  # inputs compiled ahead (compile_ahead_once)
         if _get_parallel_mode() in (ParallelMode.DATA_PARALLEL, ParallelMode.HYBRID_PARALLEL):
             self.reducer = nn.DistributedGradReducer(self.weights, _get_gradients_mean(), _get_device_num())
 
@@ -98,9 +120,7 @@ class TrainStep(nn.Cell):
         """Called after a checkpoint is loaded."""
 
     def __call__(self, *args):
-        if not self.compiled_ahead:  # the first call: compiled, the compile's freed heap given back, then run
-            self.compiled_ahead = True
-            compile_ahead(self, *args)
+        compile_ahead_once(self, *args)  # inputs of a new shape: compiled, the compile's freed heap given back
         return super().__call__(*args)
 
     def construct(self, image, label):

@@ -64,3 +64,35 @@ def test_overflow_step_is_skipped_and_dynamic_scale_adapts():
         assert not bool(overflow.asnumpy())
     assert float(cell.loss_scale.asnumpy()) == 64.0  # doubled after `window` good steps
     assert not np.array_equal(net.fc.weight.asnumpy(), before)
+
+
+def test_each_new_input_shape_is_compiled_ahead_of_its_run(monkeypatch):
+    """The first call, and the first call with inputs of another shape (a smaller last batch), compile the step's
+    graph and give the freed heap back before it runs; the step counter shows nothing ran yet at each release."""
+    import src.train_step as train_step
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = _Tiny()
+    opt = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9)
+    cell = TrainStep(NetWithLoss(net, nn.CrossEntropyLoss()), opt)
+    cell.set_train()
+    seen = []
+
+    def release():
+        seen.append((len(cell.compile_cache), int(opt.global_step.asnumpy().reshape(-1)[0])))
+        return True
+
+    monkeypatch.setattr(train_step, "release_free_heap", release)
+    rng = np.random.default_rng(0)
+
+    def batch(n):
+        return (ms.Tensor(rng.standard_normal((n, 4)).astype(np.float32)),
+                ms.Tensor(rng.integers(0, 2, n).astype(np.int32)))
+
+    cell(*batch(4))
+    cell(*batch(4))
+    assert seen == [(1, 0)]
+    cell(*batch(2))  # a new shape: compiled before its first run
+    cell(*batch(2))
+    assert seen == [(1, 0), (2, 2)]
+    assert int(opt.global_step.asnumpy().reshape(-1)[0]) == 4

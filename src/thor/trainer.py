@@ -32,7 +32,7 @@ from mindspore import ParameterTuple, mutable, nn, ops
 
 from src.errors import UserError
 from src.thor.capture import set_capture, sync_shapes
-from src.train_step import TrainStep, all_finite, compile_ahead
+from src.train_step import TrainStep, all_finite, compile_ahead, compile_ahead_once
 
 UPDATE_PASSES = ("statistics", "step")
 
@@ -117,6 +117,7 @@ class _Apply(nn.Cell):
     def __init__(self, step):
         super().__init__(auto_prefix=False)
         self.step = step
+        self.compiled_for = set()  # inputs compiled ahead (train_step.compile_ahead_once)
 
     def construct(self, loss, grads, finite, scale):
         return self.step.apply(loss, grads, finite, scale)
@@ -147,7 +148,6 @@ class ThorTrainer(nn.Cell):
         self.nonfinite_seen = 0  # thor_nonfinite already reported (restored from a checkpoint on resume)
         self.warn = warn  # where a refresh that fell back to the last good inverse is reported
         self.compiled_ahead = False
-        self.apply_compiled = False
 
     def compile_graphs(self, image, label):
         """Compile the run's graphs for these inputs' shapes before any of them runs, each followed by giving the
@@ -159,8 +159,7 @@ class ThorTrainer(nn.Cell):
         with self._capturing():
             compile_ahead(self.statistics if self.update_pass == "statistics" else self.capture_gradients, image, label)
         compile_ahead(self.refresh_factors)
-        compile_ahead(self.plain_step, image, label)
-        self.plain_step.compiled_ahead = True
+        compile_ahead(self.plain_step, image, label)  # recorded: its first call does not compile again
 
     @contextlib.contextmanager
     def _capturing(self):
@@ -235,9 +234,7 @@ class ThorTrainer(nn.Cell):
             loss, grads, finite, scale = self.capture_gradients(image, label)
         self._refresh_if(finite)
         grads = mutable(grads)
-        if not self.apply_compiled:
-            self.apply_compiled = True
-            compile_ahead(self.apply_step, loss, grads, finite, scale)
+        compile_ahead_once(self.apply_step, loss, grads, finite, scale)
         return self.apply_step(loss, grads, finite, scale)
 
     def _refresh_if(self, finite):
