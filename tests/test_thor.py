@@ -408,13 +408,14 @@ def test_positions_written_again_after_a_checkpoint_load():
 
 @pytest.mark.parametrize("update_pass", ["statistics", "step"])
 def test_every_graph_compiled_before_the_first_step_runs(monkeypatch, update_pass):
-    """The first call compiles the run's graphs one after the other, giving the freed heap back after each, before
-    any of them runs (the step layout's preconditioned step at its first update); later steps compile nothing."""
+    """The first call compiles the run's graphs one after the other (capture graph, plain step, refresh), giving the
+    freed heap back after each, before any of them runs (the step layout's preconditioned step at its first
+    update); later steps compile nothing."""
     import src.train_step as train_step
 
     _, opt, trainer = _build(4, steps=4, frequency=2, net_class=TinyBNNet, update_pass=update_pass)
-    names = [("statistics" if update_pass == "statistics" else "capture_gradients"), "refresh_factors",
-             "plain_step"] + ([] if update_pass == "statistics" else ["apply_step"])
+    names = [("statistics" if update_pass == "statistics" else "capture_gradients"), "plain_step",
+             "refresh_factors"] + ([] if update_pass == "statistics" else ["apply_step"])
     graphs = [getattr(trainer, name) for name in names]
     seen = []
 

@@ -151,15 +151,16 @@ class ThorTrainer(nn.Cell):
 
     def compile_graphs(self, image, label):
         """Compile the run's graphs for these inputs' shapes before any of them runs, each followed by giving the
-        heap it freed back (``train_step.compile_ahead``): the update step's capture graph, the refresh and the
-        plain step (the ``step`` layout's preconditioned step compiles at its first update, on the gradients it
-        is given). The first call does this by itself. Compiled one after the other and run after, THOR's graphs
-        peak lower than when each is compiled at its first call, between the others' runs (docs/performance.md)."""
+        heap it freed back (``train_step.compile_ahead``): the update step's capture graph, the plain step and the
+        refresh (the ``step`` layout's preconditioned step compiles at its first update, on the gradients it is
+        given). The first call does this by itself. Compiled one after the other and run after, THOR's graphs peak
+        lower than when each is compiled at its first call, between the others' runs; and in this order lower than
+        with the refresh second: its compile then fits in the heap the other two left free (docs/performance.md)."""
         self.compiled_ahead = True
         with self._capturing():
             compile_ahead(self.statistics if self.update_pass == "statistics" else self.capture_gradients, image, label)
-        compile_ahead(self.refresh_factors)
         compile_ahead(self.plain_step, image, label)  # recorded: its first call does not compile again
+        compile_ahead(self.refresh_factors)
 
     @contextlib.contextmanager
     def _capturing(self):
