@@ -9,9 +9,9 @@ scale 128, ``split_dim`` 128, the default thor_convention):
 - ``momentum``: a Momentum run alone: its compile time and peak RSS.
 - ``thor``: one THOR run. Its first step is an update step, its second a plain one; its peak RSS is read then,
   as a real THOR run holds all its graphs. Its first call compiles every graph before any runs, as in training
-  (``ThorTrainer.compile_graphs``): with ``--update_pass statistics`` (the default) the statistics pass, the factor
-  refresh and the plain step; with ``step``, the gradients with statistics capture, the refresh and the plain
-  step, and the preconditioned step at its first call. Then a Momentum cell is built in the same process and
+  (``ThorTrainer.compile_graphs``): with ``--update_pass statistics`` (the default) the statistics pass, the plain
+  step and the factor refresh; with ``step``, the gradients with statistics capture, the plain step and the
+  refresh, and the preconditioned step at its first call. Then a Momentum cell is built in the same process and
   ``--runs`` rounds are timed, each one window of ``--window`` steps of Momentum, of THOR plain and of THOR
   update steps, one after the other: the ratios of a round are taken within seconds of each other, so a machine
   whose speed drifts (this VM's does by 10-30% between minutes) moves all three alike.
