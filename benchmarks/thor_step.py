@@ -92,9 +92,11 @@ CELL_HELPS = {"kl_clip": "THOR's KL clip (the CIFAR-10 recipes use 0.01)",
               "right_product": "thor_right_product: bmm or conv",
               "update_pass": "thor_update_pass: statistics or step"}
 
-# the THOR update step's graphs, in the order they run, per thor_update_pass (plain_step is the plain step's graph)
-GRAPHS = {"statistics": ("statistics", "refresh_factors", "plain_step"),
-          "step": ("capture_gradients", "refresh_factors", "apply_step")}
+# the THOR trainer's graphs per thor_update_pass, in the order ThorTrainer.compile_graphs compiles them (the step
+# layout's apply_step compiles at its first update; plain_step is the plain steps' graph, and the update step's last
+# graph in the statistics layout)
+GRAPHS = {"statistics": ("statistics", "plain_step", "refresh_factors"),
+          "step": ("capture_gradients", "plain_step", "refresh_factors", "apply_step")}
 
 
 class _TimedGraph:
@@ -134,7 +136,7 @@ class _TimedGraph:
 
 
 def time_graphs(cell, events):
-    """Wrap each graph of a THOR trainer's update step; returns ``{name: _TimedGraph}``."""
+    """Wrap each graph of a THOR trainer (``GRAPHS``); returns ``{name: _TimedGraph}``."""
     timed = {}
     for name in GRAPHS[cell.update_pass]:
         timed[name] = _TimedGraph(getattr(cell, name), name, events)
