@@ -21,6 +21,7 @@ import os
 import sys
 
 from benchmarks.timing import benchmark_parser, child_result, host_info, markdown_table, parse_arms, write_json
+from src.host import libc
 
 DIRECTIONS = ("forward", "input", "weight")
 DEFAULT_SHAPES = "512,512,3,1;1024,2048,1,2;64,64,3,8"  # ResNet-50's layer4 3x3, a downsample 1x1, layer1 3x3 at 32x32
@@ -35,9 +36,11 @@ class _MallInfo2(ctypes.Structure):
 def heap_info():
     """glibc's heap now: ``in_use_mib`` (chunks handed out, separately mapped blocks included), ``free_mib`` (freed
     chunks its arenas keep, resident wherever they were touched) and ``free_chunks`` (how many)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    info = libc.mallinfo2()
+    mallinfo2 = getattr(libc(), "mallinfo2", None)
+    if mallinfo2 is None:
+        raise RuntimeError("glibc's mallinfo2 (glibc 2.33 or later) is needed to read the heap")
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
     return {"in_use_mib": (info.uordblks + info.hblkhd) / 2 ** 20, "free_mib": info.fordblks / 2 ** 20,
             "free_chunks": int(info.ordblks)}
 

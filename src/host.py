@@ -172,11 +172,16 @@ def release_free_heap() -> bool:
     32x32), glibc held 398 MiB of freed chunks, 394,619 of them between chunks still in use (python -m
     benchmarks.thor_step). A trim after each compile gives back the whole pages among them before the graphs
     first run (the training cells call it between compiling and running; docs/performance.md)."""
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):
-        trim = None
+    trim = getattr(libc(), "malloc_trim", None)
     if trim is None:
         return False
     return bool(trim(0))
+
+
+def libc() -> ctypes.CDLL | None:
+    """The C library, for glibc's malloc calls (``malloc_trim``, ``mallinfo2``); None where it cannot be found."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
