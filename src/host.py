@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 from typing import TYPE_CHECKING
 
@@ -178,8 +179,10 @@ def release_free_heap() -> bool:
     return bool(trim(0))
 
 
+@functools.cache
 def libc() -> ctypes.CDLL | None:
-    """The C library, for glibc's malloc calls (``malloc_trim``, ``mallinfo2``); None where it cannot be found."""
+    """The C library, for glibc's malloc calls (``malloc_trim``, ``mallinfo2``); None where it cannot be found.
+    Looked up once (``find_library`` runs ``ldconfig``)."""
     name = ctypes.util.find_library("c")
     try:
         return ctypes.CDLL(name) if name else None
