@@ -10,8 +10,9 @@ scale 128, ``split_dim`` 128, the default thor_convention):
 - ``thor``: one THOR run. Its first step is an update step, its second a plain one; its peak RSS is read then,
   as a real THOR run holds all its graphs. Its first call compiles every graph before any runs, as in training
   (``ThorTrainer.compile_graphs``): with ``--update_pass statistics`` (the default) the statistics pass, the plain
-  step and the factor refresh; with ``step``, the gradients with statistics capture, the plain step and the
-  refresh, and the preconditioned step at its first call. Then a Momentum cell is built in the same process and
+  step and the factor refresh; with ``eager``, the plain step and the refresh (its statistics pass runs op by op:
+  nothing to compile); with ``step``, the gradients with statistics capture, the plain step and the refresh, and
+  the preconditioned step at its first call. Then a Momentum cell is built in the same process and
   ``--runs`` rounds are timed, each one window of ``--window`` steps of Momentum, of THOR plain and of THOR
   update steps, one after the other: the ratios of a round are taken within seconds of each other, so a machine
   whose speed drifts (this VM's does by 10-30% between minutes) moves all three alike.
@@ -90,12 +91,13 @@ CELL_OPTIONS = {"image_size": 32, "batch_size": 32, "split_dim": 128, "kl_clip":
                 "update_pass": "statistics", "device_target": "CPU"}
 CELL_HELPS = {"kl_clip": "THOR's KL clip (the CIFAR-10 recipes use 0.01)",
               "right_product": "thor_right_product: bmm or conv",
-              "update_pass": "thor_update_pass: statistics or step"}
+              "update_pass": "thor_update_pass: statistics, eager or step"}
 
 # the THOR trainer's graphs per thor_update_pass, in the order ThorTrainer.compile_graphs compiles them (the step
-# layout's apply_step compiles at its first update; plain_step is the plain steps' graph, and the update step's last
-# graph in the statistics layout)
+# layout's apply_step compiles at its first update, the eager layout's statistics pass never: it runs op by op;
+# plain_step is the plain steps' graph, and the update step's last graph in the statistics and eager layouts)
 GRAPHS = {"statistics": ("statistics", "plain_step", "refresh_factors"),
+          "eager": ("statistics", "plain_step", "refresh_factors"),
           "step": ("capture_gradients", "plain_step", "refresh_factors", "apply_step")}
 
 

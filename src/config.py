@@ -52,7 +52,7 @@ CHOICES = {
     "thor_mode": ("fixed", "trace"),
     "thor_convention": ("mindspore", "kfac"),
     "thor_right_product": ("bmm", "conv"),
-    "thor_update_pass": ("statistics", "step"),
+    "thor_update_pass": ("statistics", "eager", "step"),
     "label_smooth_mode": ("uniform", "zoo"),
     "bad_images": ("stop", "skip"),
     "cpu_isa_cap": CPU_ISA_SETTINGS,

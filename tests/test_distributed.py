@@ -31,11 +31,15 @@ def _msrun(out, *extra, timeout=600):
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("optimizer", ["Momentum", "Thor"])
+@pytest.mark.parametrize("optimizer", ["Momentum", "Thor", "Thor eager"])
 def test_two_workers_keep_identical_replicas_and_learn(optimizer, tmp_path):
+    """Data parallel on two msrun workers: every replica equal after training (THOR also with its statistics pass
+    run op by op, ``thor_update_pass: eager``)."""
     extra = ["--optimizer", "Thor", "--frequency", "2", "--split_dim", "16", "--kl_clip", "0.001"] \
-        if optimizer == "Thor" else ["--all_reduce_fusion_config", "20,40"]
-    out = str(tmp_path / optimizer)
+        if optimizer.startswith("Thor") else ["--all_reduce_fusion_config", "20,40"]
+    if optimizer == "Thor eager":
+        extra += ["--thor_update_pass", "eager"]
+    out = str(tmp_path / optimizer.replace(" ", "_"))
     proc = _msrun(out, *extra)
     logs = "".join(open(os.path.join(out, "msrun", f)).read()[-3000:] for f in os.listdir(os.path.join(out, "msrun")))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:] + logs
@@ -49,7 +53,7 @@ def test_two_workers_keep_identical_replicas_and_learn(optimizer, tmp_path):
         np.testing.assert_array_equal(value.asnumpy(), b[name].asnumpy(), err_msg=name)
         compared += 1
     assert compared > 40
-    if optimizer == "Thor":
+    if optimizer.startswith("Thor"):
         assert int(a["thor.updates"].asnumpy()) == 6 and any(k.endswith(".a_inv") for k in a)
     epochs = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl")) if '"epoch"' in l]
     epochs = [e for e in epochs if e["event"] == "epoch"]

@@ -3,10 +3,10 @@
 ``plain`` step, one graph: forward, backward, preconditioning with the stored inverses, momentum step; it holds
 no statistics work, so a non-update step costs about what a Momentum step costs.
 
-``update`` step, in one of two layouts (config key ``thor_update_pass``), each a few graphs run one after the
-other. The arithmetic of the step is the same in both (tests/test_thor.py checks every parameter bit for bit);
+``update`` step, in one of three layouts (config key ``thor_update_pass``), each a few passes run one after the
+other. The arithmetic of the step is the same in all (tests/test_thor.py checks every parameter bit for bit);
 what differs is what the compiled graphs hold (on CPU a compiled graph keeps its kernels' memory, oneDNN
-scratchpads included):
+scratchpads included, and its IR, for as long as it lives) and what the update step costs:
 
 - ``statistics`` (the default): a statistics pass, the forward with A capture and the backward *to the image*
   with G capture (no weight gradient is formed, so the convolutions' backward-weights kernels, which hold the
@@ -15,6 +15,11 @@ scratchpads included):
   statistics as they are, so the update step moves them once, as a plain step does. It holds less memory (one fewer
   compiled backward) and its update step costs a forward/backward-to-the-image more than ``step``'s
   (python -m benchmarks.thor_step --update_pass ..., docs/performance.md).
+- ``eager``: the same statistics pass run op by op (MindSpore's PyNative mode, switched on for the pass and back
+  to graph mode after it), then the refresh and the plain step's graphs. No graph is compiled for the pass, so the
+  process keeps neither its IR nor a second set of forward and input-gradient convolution kernels, and compiles
+  faster; the pass itself runs several times slower than compiled. For long update intervals (the ImageNet
+  recipe's 834 steps), where the update step's cost is spread over the interval.
 - ``step``: the forward with A capture and the backward with G capture return the gradients
   (TrainStep.gradients, compiled with thor_capture True); when the gradients are finite, the refresh; then the
   preconditioned momentum step and the loss-scale update (TrainStep.apply). Gradients and step are the two
@@ -27,6 +32,7 @@ cadence exactly. ``mindspore.Model`` drives this cell like any training cell.
 """
 import contextlib
 
+import mindspore as ms
 import numpy as np
 from mindspore import ParameterTuple, mutable, nn, ops
 
@@ -34,7 +40,7 @@ from src.errors import UserError
 from src.thor.capture import set_capture, sync_shapes
 from src.train_step import TrainStep, all_finite, compile_ahead, compile_ahead_once
 
-UPDATE_PASSES = ("statistics", "step")
+UPDATE_PASSES = ("statistics", "eager", "step")
 
 
 class _Gradients(nn.Cell):
@@ -123,6 +129,21 @@ class _Apply(nn.Cell):
         return self.step.apply(loss, grads, finite, scale)
 
 
+@contextlib.contextmanager
+def _op_by_op(flag):
+    """With ``flag``, MindSpore's PyNative mode inside (cells called there run op by op, compiling nothing), and
+    the mode of before restored after, also when the body raises."""
+    if not flag:
+        yield
+        return
+    mode = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=mode)
+
+
 class ThorTrainer(nn.Cell):
     """Outputs ``(loss, overflow, loss_scale)`` like TrainStep."""
 
@@ -134,7 +155,7 @@ class ThorTrainer(nn.Cell):
         self.update_pass = update_pass
         self.plain_step = TrainStep(net_with_loss, optimizer, loss_scale, dynamic, window)
         # the update step's graphs: cells of their own over the same TrainStep, so each compiles separately
-        if update_pass == "statistics":
+        if update_pass in ("statistics", "eager"):
             self.statistics = _Statistics(self.plain_step, optimizer.thor_layers)
         else:
             self.capture_gradients = _Gradients(self.plain_step)
@@ -153,20 +174,23 @@ class ThorTrainer(nn.Cell):
         """Compile the run's graphs for these inputs' shapes before any of them runs, each followed by giving the
         heap it freed back (``train_step.compile_ahead``): the update step's capture graph, the plain step and the
         refresh (the ``step`` layout's preconditioned step compiles at its first update, on the gradients it is
-        given). The first call does this by itself. Compiled one after the other and run after, THOR's graphs peak
-        lower than when each is compiled at its first call, between the others' runs; and in this order lower than
-        with the refresh second: its compile then fits in the heap the other two left free (docs/performance.md)."""
+        given; the ``eager`` layout's statistics pass is not compiled). The first call does this by itself. Compiled
+        one after the other and run after, THOR's graphs peak lower than when each is compiled at its first call,
+        between the others' runs; and in this order lower than with the refresh second: its compile then fits in the
+        heap the other two left free (docs/performance.md)."""
         self.compiled_ahead = True
-        with self._capturing():
-            compile_ahead(self.statistics if self.update_pass == "statistics" else self.capture_gradients, image, label)
+        if self.update_pass != "eager":
+            with self._capturing():
+                compile_ahead(self.statistics if self.update_pass == "statistics" else self.capture_gradients, image,
+                              label)
         compile_ahead(self.plain_step, image, label)  # recorded: its first call does not compile again
         compile_ahead(self.refresh_factors)
 
     @contextlib.contextmanager
     def _capturing(self):
         """Statistics capture on (and, for the statistics pass, the batch norms' moving statistics held): what the
-        capture graph is compiled with."""
-        hold = self.update_pass == "statistics"
+        capture graph is compiled with, or the ``eager`` pass runs with."""
+        hold = self.update_pass != "step"
         set_capture(self.optimizer.thor_layers, True)
         if hold:
             self.statistics.hold_moving_statistics(True)
@@ -212,8 +236,8 @@ class ThorTrainer(nn.Cell):
         step = self.global_step()
         if not self.is_update(step):
             return self.plain_step(image, label)
-        out = self._update_by_statistics(image, label) if self.update_pass == "statistics" else \
-            self._update_in_step(image, label)
+        out = self._update_in_step(image, label) if self.update_pass == "step" else \
+            self._update_by_statistics(image, label)
         self.last_update = (step, int(self.optimizer.thor_refreshed.asnumpy()))
         nonfinite = int(self.optimizer.thor_nonfinite.asnumpy())
         if nonfinite > self.nonfinite_seen:
@@ -223,9 +247,10 @@ class ThorTrainer(nn.Cell):
         return out
 
     def _update_by_statistics(self, image, label):
-        """The ``statistics`` layout: the statistics pass, the refresh, the plain step's graph."""
-        with self._capturing():  # read if the pass's graph is compiled now (inputs of new shapes)
-            finite = self.statistics(image, label)
+        """The ``statistics`` and ``eager`` layouts: the statistics pass (op by op for ``eager``), the refresh, the
+        plain step's graph."""
+        with self._capturing(), _op_by_op(self.update_pass == "eager"):
+            finite = self.statistics(image, label)  # compiled now if its inputs have new shapes (not op by op)
         self._refresh_if(finite)
         return self.plain_step(image, label)
 
