@@ -44,6 +44,23 @@ def test_thor_resume_continues_identically(thor_run, tmp_path):
         np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
 
 
+def test_eager_update_pass_trains_and_resumes_identically(tmp_path):
+    """``thor_update_pass: eager`` (the statistics pass op by op) through train.py: it logs its refreshes, and a run
+    resumed from its epoch-1 checkpoint ends with the same parameters and THOR state as the run it came from."""
+    runs = {}
+    for name, extra in (("full", []), ("resumed", ["--resume_ckpt", str(tmp_path / "full" / "resnet18-1_6.ckpt")])):
+        proc = run_script("train.py", *TINY_ARGS, *THOR_ARGS, "--thor_update_pass", "eager", "--epoch_size", "2",
+                          "--save_checkpoint_epochs", "1", "--run_eval", "false", "--output_dir",
+                          str(tmp_path / name), *extra)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        runs[name] = ms.load_checkpoint(str(tmp_path / name / "resnet18-2_12.ckpt"))
+    assert "(eager pass)" in proc.stdout and "thor_refreshed 21/21@" in proc.stdout
+    a, b = runs["full"], runs["resumed"]
+    assert int(a["thor.updates"].asnumpy()) == 3
+    for k in (k for k in a if isinstance(a[k], ms.Parameter)):
+        np.testing.assert_array_equal(a[k].asnumpy(), b[k].asnumpy(), err_msg=k)
+
+
 def test_eval_and_export_load_thor_checkpoints(thor_run, tmp_path):
     out, _ = thor_run
     ckpt = os.path.join(out, "resnet18-2_12.ckpt")
