@@ -4,7 +4,9 @@
 no statistics work, so a non-update step costs about what a Momentum step costs.
 
 ``update`` step, in one of three layouts (config key ``thor_update_pass``), each a few passes run one after the
-other. The arithmetic of the step is the same in all (tests/test_thor.py checks every parameter bit for bit);
+other. The arithmetic of the step is the same in all (tests/test_thor.py checks every parameter: bit for bit
+between ``statistics`` and ``step``, within float32 rounding for ``eager``, whose op-by-op kernels round some sums
+differently);
 what differs is what the compiled graphs hold (on CPU a compiled graph keeps its kernels' memory, oneDNN
 scratchpads included, and its IR, for as long as it lives) and what the update step costs:
 
@@ -203,8 +205,8 @@ class ThorTrainer(nn.Cell):
 
     def sync_counters(self):
         """Call after loading a checkpoint: non-finite events before it are not reported again, and each layer's T
-        and statistics scales are written again from the capture graph already compiled, if any (the checkpoint's
-        may come from other image sizes)."""
+        and statistics scales are written again from the capture graph already compiled (or the op-by-op pass
+        already run), if any (the checkpoint's may come from other image sizes)."""
         self.nonfinite_seen = int(self.optimizer.thor_nonfinite.asnumpy())
         sync_shapes(self.optimizer.thor_layers, force=True)
 
