@@ -26,6 +26,7 @@ update step its compile time and its median run time. Prints a markdown table an
 """
 import os
 import statistics
+import sys
 import time
 
 from benchmarks.timing import (
@@ -218,6 +219,8 @@ def main(argv=None):
     if parsed is None:  # a child process: it has printed its result
         return None
     args, passed = parsed
+    if args.update_pass not in GRAPHS:  # before any process is started
+        sys.exit(f"error: --update_pass must be one of {', '.join(GRAPHS)}, got {args.update_pass!r}")
     row = {"image_size": args.image_size, "batch_size": args.batch_size, "frequency": args.frequency}
     for arm in ("momentum", "thor"):
         result = child_result("benchmarks.thor_step", [*passed, "--arm", arm], f"the {arm} process")

@@ -121,3 +121,16 @@ def test_graph_memory_arms_build_the_graphs_they_name(capsys):
         line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RESULT ")][-1]
         result = json.loads(line[len("RESULT "):])
         assert (result["elements"], result["last_sum"]) == (elements, last_sum)
+
+
+def test_thor_step_refuses_an_unknown_update_pass_before_starting_a_process(monkeypatch):
+    import pytest
+
+    from benchmarks import thor_step
+
+    def no_child(*_, **__):
+        raise AssertionError("a child process was started")
+
+    monkeypatch.setattr(thor_step, "child_result", no_child)
+    with pytest.raises(SystemExit, match="--update_pass must be one of statistics, eager, step, got 'foo'"):
+        thor_step.main(["--update_pass", "foo"])
